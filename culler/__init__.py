@@ -1,0 +1,1 @@
+"""kqi culler: cull rules and the kqi-culler hub service (see DESIGN.md, "Cull rules")."""

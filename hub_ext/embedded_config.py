@@ -1,0 +1,87 @@
+"""JupyterHub config of the embedded platform (loaded by ``kqi-hub``).
+
+Everything lives under KQI_DATA_ROOT: the hub's state in hub/, the kqi service database, datasets
+and users. A ``kqi_hub_config.py`` in the working directory is loaded last for local changes.
+"""
+
+import os
+import secrets
+import shutil
+import sys
+from pathlib import Path
+
+c = get_config()  # noqa: F821
+
+data_root = Path(os.environ.get("KQI_DATA_ROOT", ".kqi-data")).absolute()
+hub_dir = data_root / "hub"
+hub_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+bin_dir = Path(sys.executable).parent
+
+
+def _secret(name: str) -> str:
+    """A token kept across restarts, readable only by this account."""
+    path = hub_dir / name
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32))
+    return path.read_text().strip()
+
+
+def _proxy_command() -> list[str]:
+    for cand in (
+        Path(sys.prefix) / "node_modules" / ".bin" / "configurable-http-proxy",
+        shutil.which("configurable-http-proxy"),
+    ):
+        if cand and Path(cand).exists():
+            return [str(cand)]
+    return ["configurable-http-proxy"]
+
+
+service_port = int(os.environ.get("KQI_SERVICE_PORT", "10101"))
+service_token = _secret("kqi-service-token")
+
+c.JupyterHub.ip = "127.0.0.1"  # only this machine; put a TLS proxy in front to share it
+c.JupyterHub.db_url = f"sqlite:///{hub_dir / 'jupyterhub.sqlite'}"
+c.JupyterHub.cookie_secret_file = str(hub_dir / "jupyterhub_cookie_secret")
+c.JupyterHub.cleanup_servers = False
+c.ConfigurableHTTPProxy.command = _proxy_command()
+c.ConfigurableHTTPProxy.pid_file = str(hub_dir / "proxy.pid")
+
+c.JupyterHub.authenticator_class = "hub_ext.auth.KqiAuthenticator"
+c.Authenticator.admin_users = {os.environ.get("KQI_ADMIN_USER", "admin")}
+c.KqiAuthenticator.first_admin = os.environ.get("KQI_ADMIN_USER", "admin")
+c.Authenticator.allow_all = True  # NativeAuthenticator itself only lets approved users in
+
+c.JupyterHub.spawner_class = "hub_ext.spawner.KqiLocalSpawner"
+c.Spawner.cmd = [str(bin_dir / "jupyterhub-singleuser")]
+c.Spawner.start_timeout = 120
+c.Spawner.http_timeout = 90
+c.KqiLocalSpawner.data_root = str(data_root)
+c.KqiLocalSpawner.kqi_service_url = f"http://127.0.0.1:{service_port}/services/kqi/"
+c.KqiLocalSpawner.kqi_api_token = service_token
+
+c.JupyterHub.services = [
+    {
+        "name": "kqi",
+        "display": True,
+        "url": f"http://127.0.0.1:{service_port}",
+        "api_token": service_token,
+        "oauth_no_confirm": True,
+        "command": [sys.executable, "-m", "hub_ext.service", "--data-root", str(data_root)],
+        "environment": {"KQI_DATA_ROOT": str(data_root)},
+    }
+]
+c.JupyterHub.load_roles = [
+    {
+        "name": "kqi-service",
+        "description": "the kqi service reads users and their groups to decide who may bind what",
+        "scopes": ["read:users", "read:groups"],
+        "services": ["kqi"],
+    },
+    {"name": "user", "scopes": ["self", "access:services!service=kqi"]},
+]
+
+local = Path("kqi_hub_config.py")
+if local.exists():
+    load_subconfig(str(local.absolute()))  # noqa: F821

@@ -1,0 +1,1 @@
+"""The ``kqi`` hub service: datasets catalog, profiles, layout authority, jobs database."""

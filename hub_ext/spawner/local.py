@@ -1,0 +1,168 @@
+"""KqiLocalSpawner: user servers as local processes, with the /kqi layout.
+
+With bubblewrap the plan is mounted at /kqi itself (read-only binds, the rest of the data root
+hidden, capabilities dropped); without it, a per-server folder of links stands in and KQI_ROOT
+names it. Servers run as the account that runs the hub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from pathlib import Path
+
+from jupyterhub.spawner import SimpleLocalProcessSpawner
+from tornado import web
+from traitlets import CaselessStrEnum, Float, Unicode, default
+
+from ..layout import user_dir
+from ..materialize import build_link_tree, bwrap_args, missing_sources
+from .common import KqiSpawnerMixin
+
+STARTUP_SCRIPT = (
+    'cmd="$1"; shift; sh -c "$cmd" >"$HOME/.kqi-startup.log" 2>&1'
+    ' || echo "kqi: startup command failed (exit $?); see ~/.kqi-startup.log" >&2; exec "$@"'
+)
+
+
+class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
+    data_root = Unicode(
+        help="Data root (datasets/, users/); default env KQI_DATA_ROOT or ./.kqi-data."
+    ).tag(config=True)
+
+    @default("data_root")
+    def _data_root(self) -> str:
+        return os.path.abspath(os.environ.get("KQI_DATA_ROOT", ".kqi-data"))
+
+    isolation = CaselessStrEnum(
+        ["auto", "bubblewrap", "none"],
+        "auto",
+        help="""How the /kqi tree is made: 'bubblewrap' mounts it at /kqi with read-only binds,
+        'none' builds a per-server folder of links and sets KQI_ROOT to it (read-only and
+        isolation between users are then not enforced), 'auto' uses bubblewrap when installed.""",
+    ).tag(config=True)
+    bwrap_path = Unicode("bwrap", help="The bubblewrap executable.").tag(config=True)
+    git_timeout = Float(300, help="Seconds the git clone at start may take.").tag(config=True)
+
+    limits_note = (
+        "Local mode: this machine runs servers as plain processes, so the profile's CPU, "
+        "memory and workspace sizes are not enforced (they are on Kubernetes)."
+    )
+
+    @default("home_dir")
+    def _home(self) -> str:
+        return os.path.join(self.data_root, user_dir(self.user.name), "home")
+
+    @default("default_url")
+    def _default_url(self) -> str:
+        return "/lab"
+
+    @property
+    def server_dir(self) -> Path:
+        return Path(self.data_root, "run", self.user.name, self.name or "default")
+
+    def use_bubblewrap(self) -> bool:
+        found = shutil.which(self.bwrap_path) is not None
+        if self.isolation == "bubblewrap" and not found:
+            raise web.HTTPError(500, f"isolation is 'bubblewrap' but {self.bwrap_path} is missing")
+        return self.isolation == "bubblewrap" or (self.isolation == "auto" and found)
+
+    async def start(self):
+        if self.kqi_plan is None:  # e.g. options reused without a new apply
+            await self._apply_options(self, self.user_options or {})
+        plan, options = self.kqi_plan, self.kqi_options
+        self.log.warning("%s: %s", self._log_name, self.limits_note)
+        data_root = Path(self.data_root)
+        (data_root / user_dir(self.user.name) / "jobs").mkdir(parents=True, exist_ok=True)
+        Path(self.home_dir).mkdir(parents=True, exist_ok=True)
+        missing = missing_sources(plan, data_root)
+        if missing:
+            names = ", ".join(f"/kqi/{b.target} ({b.role})" for b in missing)
+            raise web.HTTPError(400, f"cannot start: no data for {names} (job without output?)")
+
+        scratch = self.server_dir / "scratch"
+        shutil.rmtree(scratch, ignore_errors=True)
+        for b in plan.bindings:
+            if b.source is None:
+                (scratch / b.target).mkdir(parents=True, exist_ok=True)
+        if options.git:
+            await self._clone(options.git.url, options.git.ref, scratch / "git")
+
+        if self.use_bubblewrap():
+            kqi_root, isolation = "/kqi", "bubblewrap"
+            prefix = bwrap_args(
+                plan, data_root, scratch, [Path(self.home_dir)], bwrap=self.bwrap_path
+            )
+        else:
+            root = self.server_dir / "kqi"
+            build_link_tree(plan, data_root, scratch, root)
+            kqi_root, isolation, prefix = str(root), "none", []
+            self.log.warning(
+                "%s: no bubblewrap: /kqi is %s; read-only inputs are not enforced",
+                self._log_name,
+                root,
+            )
+        self._kqi_extra_env = self.kqi_env(kqi_root)
+        self._kqi_extra_env["KQI_ISOLATION"] = isolation
+        if options.startup_command:
+            prefix += ["sh", "-c", STARTUP_SCRIPT, "kqi-startup", options.startup_command]
+
+        base = list(self.cmd)
+        self.cmd = prefix + base
+        try:
+            return await super().start()
+        finally:
+            self.cmd = base
+
+    def get_args(self) -> list[str]:
+        args = super().get_args()
+        if os.geteuid() == 0:  # the hub runs as root (e.g. in a container): say so explicitly
+            args.append("--ServerApp.allow_root=True")
+        return args
+
+    def get_env(self) -> dict[str, str]:
+        env = super().get_env()
+        env.update(getattr(self, "_kqi_extra_env", {}))
+        return env
+
+    async def _clone(self, url: str, ref: str, dest: Path) -> None:
+        """Clone into the scratch folder; failures stop the spawn with git's own words."""
+        env = {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": self.home_dir,
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_ALLOW_PROTOCOL": url.split(":", 1)[0],
+        }
+        steps = [["git", "clone", "--quiet", "--", url, str(dest)]]
+        if ref:
+            steps.append(["git", "-C", str(dest), "checkout", "--quiet", ref])
+        for argv in steps:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                env=env,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.STDOUT,
+                start_new_session=True,
+            )
+            try:
+                out, _ = await asyncio.wait_for(proc.communicate(), self.git_timeout)
+            except asyncio.TimeoutError:
+                proc.kill()
+                raise web.HTTPError(
+                    400, f"git clone of {url} took over {self.git_timeout:g} s"
+                ) from None
+            if proc.returncode:
+                tail = out.decode(errors="replace").strip().splitlines()[-3:]
+                what = f"checkout of {ref!r}" if argv[3] == "checkout" else "clone"
+                raise web.HTTPError(400, f"git {what} of {url} failed: {' / '.join(tail)}")
+
+    async def _signal(self, sig: int) -> bool:
+        """Signal the server's whole process group (bubblewrap and startup wrapper included)."""
+        try:
+            os.killpg(self.pid, sig)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return await super()._signal(sig)
+        return True
