@@ -1,7 +1,9 @@
 """JupyterHub config of the embedded platform (loaded by ``kqi-hub``).
 
-Everything lives under KQI_DATA_ROOT: the hub's state in hub/, the kqi service database, datasets
-and users. A ``kqi_hub_config.py`` in the working directory is loaded last for local changes.
+Everything lives under KQI_DATA_ROOT: the hub's state in hub/, the kqi service database,
+datasets and users. A ``kqi_hub_config.py`` in the working directory runs last, with the same
+``c``, for local changes; options of the kqi service are appended to
+``c.JupyterHub.services[0]["command"]`` (e.g. ``--KqiService.max_datasets=3``).
 """
 
 import os
@@ -82,6 +84,7 @@ c.JupyterHub.load_roles = [
     {"name": "user", "scopes": ["self", "access:services!service=kqi"]},
 ]
 
-local = Path("kqi_hub_config.py")
+# Local changes: run with this same ``c``, so they can also append to services and roles.
+local = Path("kqi_hub_config.py").absolute()
 if local.exists():
-    load_subconfig(str(local.absolute()))  # noqa: F821
+    exec(compile(local.read_text(), str(local), "exec"), {"c": c, "get_config": lambda: c})

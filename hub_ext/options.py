@@ -7,6 +7,7 @@ reported at once so a user fixes them in one go.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Set
 from dataclasses import asdict, dataclass, field
@@ -64,7 +65,7 @@ class Profile:
         unknown = set(data) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise ValueError(f"profile {data.get('name')!r}: unknown keys {sorted(unknown)}")
-        if not NAME_RE.match(str(data.get("name", ""))):
+        if not NAME_RE.fullmatch(str(data.get("name", ""))):
             raise ValueError(f"profile name {data.get('name')!r} is not a valid name")
         return cls(
             name=data["name"],
@@ -177,11 +178,13 @@ def _as_list(value: Any) -> list[Any]:
 def _job_ids(fld: str, value: Any, errors: list[tuple[str, str]]) -> list[int]:
     ids: list[int] = []
     for v in _as_list(value):
-        if isinstance(v, bool) or not isinstance(v, (int, str)) or not str(v).strip().isdigit():
+        text = str(v).strip()
+        if isinstance(v, bool) or not isinstance(v, (int, str)) or not text.isascii():
+            text = ""
+        if not text.isdecimal() or int(text) <= 0:
             errors.append((fld, f"{v!r} is not a job id (a positive integer)"))
-            continue
-        if int(v) not in ids:
-            ids.append(int(v))
+        elif int(text) not in ids:
+            ids.append(int(text))
     return ids
 
 
@@ -228,7 +231,7 @@ def validate_options(raw: Any, ctx: Context) -> ValidOptions:
 
     datasets: list[str] = []
     for name in _as_list(raw.get("datasets")):
-        if not isinstance(name, str) or not NAME_RE.match(name) or ".." in name:
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
             errors.append(
                 ("datasets", f"{name!r} is not a dataset name (letters, digits, '.', '_', '-')")
             )
@@ -287,7 +290,7 @@ def _validate_git(value: Any, ctx: Context, errors: list[tuple[str, str]]) -> Gi
             ("git.url", f"{url!r} is not an allowed repository URL ({', '.join(ctx.git_schemes)})")
         )
         return None
-    if ref and (not GIT_REF_RE.match(ref) or ".." in ref):
+    if ref and (not GIT_REF_RE.fullmatch(ref) or ".." in ref):
         errors.append(("git.ref", f"{ref!r} is not a branch, tag or commit name"))
         return None
     return GitSpec(url, ref)
@@ -301,7 +304,7 @@ def _validate_lifetime(value: Any, ctx: Context, errors: list[tuple[str, str]]) 
     except (TypeError, ValueError):
         errors.append(("lifetime_hours", f"{value!r} is not a number of hours"))
         return None
-    if isinstance(value, bool) or not hours > 0 or hours != hours:
+    if isinstance(value, bool) or not math.isfinite(hours) or hours <= 0:
         errors.append(("lifetime_hours", "must be a positive number of hours"))
         return None
     if ctx.max_lifetime_hours is not None and hours > ctx.max_lifetime_hours:
@@ -320,11 +323,16 @@ def _validate_env(value: Any, errors: list[tuple[str, str]]) -> dict[str, str]:
         return {}
     env: dict[str, str] = {}
     for k, v in value.items():
-        if not isinstance(k, str) or not ENV_KEY_RE.match(k):
+        if not isinstance(k, str) or not ENV_KEY_RE.fullmatch(k):
             errors.append(("env", f"{k!r} is not a variable name"))
         elif k in RESERVED_ENV or k.startswith(RESERVED_ENV_PREFIXES):
             errors.append(("env", f"{k} is set by the platform and cannot be overridden"))
-        elif not isinstance(v, (str, int, float)) or isinstance(v, bool) or len(str(v)) > 4096:
+        elif (
+            not isinstance(v, (str, int, float))
+            or isinstance(v, bool)
+            or len(str(v)) > 4096
+            or "\0" in str(v)
+        ):
             errors.append(("env", f"value of {k} must be text of at most 4096 characters"))
         else:
             env[k] = str(v)

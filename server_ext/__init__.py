@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from .handlers import LayoutHandler
-from .homelinks import apply_home_links
+from .homelinks import apply_home_links, link_roots
 
 __version__ = "0.1.0"
 
@@ -46,7 +46,7 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
             results = [
                 r.to_dict()
                 for r in apply_home_links(
-                    home, os.environ["KQI_ROOT"], layout.get("home_links", [])
+                    home, os.environ["KQI_ROOT"], layout.get("home_links", []), link_roots()
                 )
             ]
         except OSError as e:

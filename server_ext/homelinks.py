@@ -7,9 +7,12 @@ Run in the user's server (local and Kubernetes alike): ``python -m server_ext.ho
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import json
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,22 +31,28 @@ class LinkResult:
         return asdict(self)
 
 
-def is_ours(link: Path, name: str, kqi_root: str) -> bool:
-    """A link of ours points at <some kqi root>/<name>: /kqi/input, or a per-server .../kqi/input."""
+def is_ours(link: Path, name: str, roots: Sequence[str]) -> bool:
+    """A link of ours points at <root>/<name> for a kqi root: this one, /kqi, or one matching
+    a pattern the spawner named (e.g. this user's per-server folders)."""
     target = os.readlink(link)
-    return target == os.path.join(kqi_root, name) or (
-        os.path.basename(target) == name and os.path.basename(os.path.dirname(target)) == "kqi"
+    return os.path.basename(target) == name and any(
+        fnmatch.fnmatchcase(os.path.dirname(target), r) for r in roots
     )
 
 
-def apply_home_links(home: Path, kqi_root: str, wanted: list[str]) -> list[LinkResult]:
+def apply_home_links(
+    home: Path, kqi_root: str, wanted: Sequence[str], link_roots: Sequence[str] = ()
+) -> list[LinkResult]:
+    """Make, move or remove ~/<name> links; ``link_roots`` are glob patterns of earlier kqi
+    roots whose links count as ours."""
+    roots = [glob.escape(kqi_root), "/kqi", *link_roots]
     results = []
     for name in HOME_LINK_NAMES:
         path = home / name
         target = os.path.join(kqi_root, name)
         want = name in wanted and os.path.exists(target)
         if path.is_symlink():
-            if not is_ours(path, name, kqi_root):
+            if not is_ours(path, name, roots):
                 reason = f"~/{name} is your own link to {os.readlink(path)}; left as it is"
                 results.append(LinkResult(name, "refused" if want else "absent", target, reason))
             elif want and os.readlink(path) == target:
@@ -71,6 +80,11 @@ def apply_home_links(home: Path, kqi_root: str, wanted: list[str]) -> list[LinkR
     return results
 
 
+def link_roots() -> list[str]:
+    """Patterns of earlier kqi roots, from KQI_LINK_ROOTS (set by the spawner)."""
+    return [r for r in os.environ.get("KQI_LINK_ROOTS", "").split(os.pathsep) if r]
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO)
     layout = json.loads(os.environ.get("KQI_LAYOUT", "{}"))
@@ -78,6 +92,7 @@ def main() -> None:
         Path(os.environ.get("HOME", "~")).expanduser(),
         os.environ.get("KQI_ROOT", "/kqi"),
         layout.get("home_links", []),
+        link_roots(),
     )
     print(json.dumps([r.to_dict() for r in results], indent=1))
 

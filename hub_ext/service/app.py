@@ -89,6 +89,7 @@ class KqiService(Application):
         super().initialize(argv)
         if self.config_file:
             self.load_config_file(self.config_file)
+            self.update_config(self.cli_config)  # the command line wins over the file
         if not self.api_token:
             self.exit("kqi service: no JUPYTERHUB_API_TOKEN; run it as a JupyterHub service")
         self.profile_map = {p.name: p for p in (Profile.from_config(d) for d in self.profiles)}

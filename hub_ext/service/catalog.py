@@ -12,10 +12,11 @@ from __future__ import annotations
 import logging
 import os
 import time
-import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import tomllib
 
 from ..options import NAME_RE
 
@@ -29,8 +30,11 @@ class Dataset:
     groups: tuple[str, ...] | None  # None: every user may read it
     size: int
     files: int
+    error: str = ""  # unreadable metadata: nobody may bind it until an admin fixes it
 
     def readable_by(self, groups: Iterable[str], admin: bool = False) -> bool:
+        if self.error:
+            return False
         return admin or self.groups is None or bool(set(self.groups) & set(groups))
 
     def to_dict(self) -> dict:
@@ -40,6 +44,7 @@ class Dataset:
             "size": self.size,
             "files": self.files,
             "groups": list(self.groups) if self.groups is not None else None,
+            **({"error": self.error} if self.error else {}),
         }
 
 
@@ -56,19 +61,22 @@ def _measure(path: Path) -> tuple[int, int]:
     return size, files
 
 
-def _metadata(path: Path) -> tuple[str, tuple[str, ...] | None]:
+def _metadata(path: Path) -> tuple[str, tuple[str, ...] | None, str]:
+    """(description, groups, error) from the sidecar file."""
     if not path.exists():
-        return "", None
+        return "", None, ""
     try:
         meta = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as e:
+        groups = meta.get("groups")
+        if groups is not None and not isinstance(groups, list):
+            raise ValueError("'groups' must be a list of group names")
+    except (OSError, ValueError) as e:  # TOMLDecodeError is a ValueError
         # A broken metadata file must not open a restricted dataset to everyone.
         log.error("dataset metadata %s unreadable (%s): dataset hidden until fixed", path, e)
-        return "", ()
-    groups = meta.get("groups")
+        return "", (), f"{path.name}: {e}"
     if groups is not None:
         groups = tuple(str(g) for g in groups)
-    return str(meta.get("description", "")), groups
+    return str(meta.get("description", "")), groups, ""
 
 
 class Catalog:
@@ -87,14 +95,14 @@ class Catalog:
         for entry in sorted(self.root.iterdir()):
             if not entry.is_dir() or entry.is_symlink():
                 continue
-            if not NAME_RE.match(entry.name) or ".." in entry.name:
+            if not NAME_RE.fullmatch(entry.name) or ".." in entry.name:
                 log.warning("skipping dataset folder %r: not a valid dataset name", entry.name)
                 continue
             cached = self._cache.get(entry.name)
             if cached is None or now - cached[0] > self.ttl:
                 cached = (now, _measure(entry))
                 self._cache[entry.name] = cached
-            description, groups = _metadata(self.root / f"{entry.name}.toml")
+            description, groups, error = _metadata(self.root / f"{entry.name}.toml")
             size, files = cached[1]
-            out[entry.name] = Dataset(entry.name, description, groups, size, files)
+            out[entry.name] = Dataset(entry.name, description, groups, size, files, error)
         return out

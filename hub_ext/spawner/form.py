@@ -76,7 +76,8 @@ def render_form(
             f'<div class="form-check"><input class="form-check-input" type="checkbox"'
             f' name="datasets" id="{did}" value="{e(d["name"])}"{checked}>'
             f'<label class="form-check-label" for="{did}"><code>{e(d["name"])}</code>{desc}'
-            f' <span class="text-muted">({d["files"]} files, {_size(d["size"])})</span></label></div>'
+            f' <span class="text-muted">({d["files"]} files, {_size(d["size"])})</span>'
+            "</label></div>"
         )
     out.append("</fieldset>")
 
@@ -96,12 +97,14 @@ def render_form(
     out.append(
         '<fieldset class="mb-3"><legend class="fs-5">Git repository</legend>'
         '<div class="form-text">Cloned into /kqi/git (link ~/git) at every start.</div>'
-        '<div class="row g-2"><div class="col-md-8"><label class="form-label" for="kqi-git-url">URL</label>'
-        f'<input class="form-control" id="kqi-git-url" name="git_url" value="{e(git.get("url", ""))}"'
-        ' placeholder="https://example.org/team/repo.git"></div>'
-        '<div class="col-md-4"><label class="form-label" for="kqi-git-ref">Branch, tag or commit</label>'
-        f'<input class="form-control" id="kqi-git-ref" name="git_ref" value="{e(git.get("ref", ""))}"'
-        ' placeholder="default branch"></div></div></fieldset>'
+        '<div class="row g-2"><div class="col-md-8">'
+        '<label class="form-label" for="kqi-git-url">URL</label>'
+        '<input class="form-control" id="kqi-git-url" name="git_url"'
+        f' value="{e(git.get("url", ""))}" placeholder="https://example.org/team/repo.git">'
+        '</div><div class="col-md-4">'
+        '<label class="form-label" for="kqi-git-ref">Branch, tag or commit</label>'
+        '<input class="form-control" id="kqi-git-ref" name="git_ref"'
+        f' value="{e(git.get("ref", ""))}" placeholder="default branch"></div></div></fieldset>'
     )
 
     max_h = data.get("max_lifetime_hours")
@@ -112,7 +115,8 @@ def render_form(
         '<fieldset class="mb-3"><legend class="fs-5">Server</legend>'
         '<label class="form-label" for="kqi-lifetime">Lifetime in hours'
         f"{max_txt}; empty: until stopped or idle</label>"
-        f'<input class="form-control" type="number" min="0.1" step="0.1"{max_attr} id="kqi-lifetime"'
+        f'<input class="form-control" type="number" min="0.1" step="0.1"{max_attr}'
+        ' id="kqi-lifetime"'
         f' name="lifetime_hours" value="{e(str(prev.get("lifetime_hours") or ""))}">'
         '<label class="form-label mt-2" for="kqi-startup">Startup command (runs in ~ before'
         " JupyterLab; output in ~/.kqi-startup.log)</label>"

@@ -8,6 +8,8 @@ names it. Servers run as the account that runs the hub.
 from __future__ import annotations
 
 import asyncio
+import glob
+import json
 import os
 import shutil
 from pathlib import Path
@@ -105,10 +107,14 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
             )
         self._kqi_extra_env = self.kqi_env(kqi_root)
         self._kqi_extra_env["KQI_ISOLATION"] = isolation
+        # links into this user's per-server folders are ours too (moved when the mode changes)
+        runs = glob.escape(str(data_root / "run" / self.user.name))
+        self._kqi_extra_env["KQI_LINK_ROOTS"] = os.pathsep.join(["/kqi", f"{runs}/*/kqi"])
         if options.startup_command:
             prefix += ["sh", "-c", STARTUP_SCRIPT, "kqi-startup", options.startup_command]
 
         base = list(self.cmd)
+        self._kqi_bin_dir = os.path.dirname(shutil.which(base[0]) or base[0])
         self.cmd = prefix + base
         try:
             return await super().start()
@@ -117,6 +123,10 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
 
     def get_args(self) -> list[str]:
         args = super().get_args()
+        # terminals: an interactive (not login) shell, so /etc/profile does not reset the PATH
+        # and environment this spawner set
+        shell = json.dumps({"shell_command": [shutil.which("bash") or "/bin/sh"]})
+        args.append(f"--ServerApp.terminado_settings={shell}")
         if os.geteuid() == 0:  # the hub runs as root (e.g. in a container): say so explicitly
             args.append("--ServerApp.allow_root=True")
         return args
@@ -124,6 +134,11 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
     def get_env(self) -> dict[str, str]:
         env = super().get_env()
         env.update(getattr(self, "_kqi_extra_env", {}))
+        # terminals find the server's own python, pip and `kqi` first
+        bin_dir = getattr(self, "_kqi_bin_dir", "")
+        path = env.get("PATH", os.defpath).split(os.pathsep)
+        if bin_dir and bin_dir not in path:
+            env["PATH"] = os.pathsep.join([bin_dir, *path])
         return env
 
     async def _clone(self, url: str, ref: str, dest: Path) -> None:

@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Install what kqi-hub needs on a Debian/Ubuntu machine, idempotently:
+#   apt: git, bubblewrap, node + npm (when missing);  .venv with this package;
+#   configurable-http-proxy from npm into .venv.
+# Usage: scripts/setup.sh [--test]   (--test adds the test tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+apt_extra=()  # more apt packages for later capabilities
+if [[ "${1:-}" == "--test" ]]; then
+  extras="[test]"
+fi
+
+need=()
+command -v git >/dev/null || need+=(git)
+command -v bwrap >/dev/null || need+=(bubblewrap)
+command -v node >/dev/null || need+=(nodejs)
+command -v npm >/dev/null || need+=(npm)
+python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
+need+=("${apt_extra[@]}")
+if ((${#need[@]})); then
+  echo "setup: installing ${need[*]} with apt-get"
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+python3 - <<'PY'
+import sys
+if sys.version_info < (3, 10):
+    sys.exit(f"setup: kqi-hub needs Python 3.10 or newer, found {sys.version.split()[0]}")
+PY
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "setup: creating .venv"
+  python3 -m venv .venv
+fi
+.venv/bin/python -m pip install -q --upgrade pip
+echo "setup: installing kqi-hub${extras} into .venv"
+.venv/bin/python -m pip install -q -e ".${extras}"
+
+if [[ ! -x .venv/node_modules/.bin/configurable-http-proxy ]]; then
+  echo "setup: installing configurable-http-proxy (npm) into .venv"
+  npm install --prefix .venv --no-fund --no-audit --loglevel=error configurable-http-proxy@5 >/dev/null
+fi
+echo "setup: done"

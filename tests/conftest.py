@@ -1,0 +1,49 @@
+"""Fixtures: the real platform, started once per test session per isolation mode."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from .platform import Platform
+
+
+def _base(name: str) -> Path:
+    # Not under pytest's tmp (mode 0700 per user): servers must reach the data root.
+    base = Path(tempfile.mkdtemp(prefix=f"kqi-{name}-"))
+    os.chmod(base, 0o755)
+    return base
+
+
+def _platform(name: str, isolation: str) -> Iterator[Platform]:
+    base = _base(name)
+    p = Platform(base, isolation=isolation)
+    try:
+        p.start()
+        yield p
+    finally:
+        p.stop()
+        keep = os.environ.get("KQI_TEST_KEEP")
+        if keep:
+            print(f"\nplatform files kept in {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def platform() -> Iterator[Platform]:
+    """The embedded platform with bubblewrap isolation (as the set-up installs it)."""
+    if not shutil.which("bwrap"):
+        pytest.fail("bubblewrap (bwrap) is not installed; ./setup-and-test.sh installs it")
+    yield from _platform("bwrap", "bubblewrap")
+
+
+@pytest.fixture(scope="session")
+def plain_platform() -> Iterator[Platform]:
+    """The embedded platform without bubblewrap: per-server folder of links + KQI_ROOT."""
+    yield from _platform("plain", "none")
