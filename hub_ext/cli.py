@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in ("-h", "--help"):
         print(HELP)
         return
-    os.environ["KQI_DATA_ROOT"] = str(Path(os.environ.get("KQI_DATA_ROOT", ".kqi-data")).absolute())
-    Path(os.environ["KQI_DATA_ROOT"], "datasets").mkdir(parents=True, exist_ok=True)
+    data_root = Path(os.environ.get("KQI_DATA_ROOT", ".kqi-data")).absolute()
+    if Path(sys.prefix).absolute().is_relative_to(data_root):
+        # servers see the data root hidden (bubblewrap): they could not find this Python
+        sys.exit(f"kqi-hub: the data root {data_root} must not contain this Python ({sys.prefix})")
+    os.environ["KQI_DATA_ROOT"] = str(data_root)
+    (data_root / "datasets").mkdir(parents=True, exist_ok=True)
     config = Path(__file__).with_name("embedded_config.py")
     from jupyterhub.app import JupyterHub
 

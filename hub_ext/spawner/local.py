@@ -121,6 +121,11 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         finally:
             self.cmd = base
 
+    async def stop(self, now: bool = False) -> None:
+        await super().stop(now=now)
+        # the git clone and other fresh folders are rebuilt at each start: free the disk now
+        shutil.rmtree(self.server_dir / "scratch", ignore_errors=True)
+
     def get_args(self) -> list[str]:
         args = super().get_args()
         # terminals: an interactive (not login) shell, so /etc/profile does not reset the PATH
