@@ -14,7 +14,7 @@ from .platform import Platform
 
 
 def _base(name: str) -> Path:
-    # Not under pytest's tmp (mode 0700 per user): servers must reach the data root.
+    # A short path outside pytest's tmp: it shows up in every bwrap command line of the log.
     base = Path(tempfile.mkdtemp(prefix=f"kqi-{name}-"))
     os.chmod(base, 0o755)
     return base
