@@ -7,7 +7,7 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import JSON, DateTime, Integer, String, Text, create_engine
+from sqlalchemy import JSON, Boolean, DateTime, Integer, String, Text, create_engine
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -24,8 +24,7 @@ class Base(DeclarativeBase):
 
 
 class Job(Base):
-    """A batch job. The spine only reads these (parent/inference checks); the jobs
-    capability creates and runs them."""
+    """A batch job. Status changes are committed before they are acted on."""
 
     __tablename__ = "jobs"
 
@@ -45,6 +44,13 @@ class Job(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    timeout_seconds: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    notify_url: Mapped[str] = mapped_column(Text, default="")
+    runner: Mapped[str] = mapped_column(String(32), default="local")
+    #: what the runner needs to find the job again after a restart (pid + start time, name)
+    runner_ref: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    copy_output: Mapped[bool] = mapped_column(Boolean, default=False)
+    notified: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 def migrate(url: str) -> None:
