@@ -3,9 +3,11 @@
 Everything lives under KQI_DATA_ROOT: the hub's state in hub/, the kqi service database,
 datasets and users. A ``kqi_hub_config.py`` in the working directory runs last, with the same
 ``c``, for local changes; options of the kqi service are appended to
-``c.JupyterHub.services[0]["command"]`` (e.g. ``--KqiService.max_datasets=3``).
+``c.JupyterHub.services[0]["command"]`` (e.g. ``--KqiService.max_datasets=3``); the culler's
+are ``c.KqiCuller.*`` (e.g. ``c.KqiCuller.idle_timeout = 3600``).
 """
 
+import json
 import os
 import secrets
 import shutil
@@ -74,7 +76,53 @@ c.JupyterHub.services = [
         "environment": {"KQI_DATA_ROOT": str(data_root)},
     }
 ]
+
+
+def _culler_settings(_spawner) -> str:
+    """The culler's options from the hub's whole config, read when the hub starts it:
+    ``c.KqiCuller.*`` here or in kqi_hub_config.py, and ``kqi-hub --KqiCuller.x=...``."""
+    from jupyterhub.app import JupyterHub
+
+    from culler.app import hub_settings
+
+    return json.dumps(hub_settings(JupyterHub.instance().config))
+
+
+def _proxy_url(_spawner) -> str:
+    """Where the culler reaches user servers: this hub's proxy (its port may come from the
+    command line, so it is read at service start)."""
+    from jupyterhub.app import JupyterHub
+
+    from culler.app import proxy_origin
+
+    return proxy_origin(JupyterHub.instance().bind_url)
+
+
+c.JupyterHub.services.append(
+    {
+        "name": "kqi-culler",
+        "command": [sys.executable, "-m", "culler"],
+        "environment": {
+            "KQI_CULLER_CONFIG": _culler_settings,
+            "KQI_PROXY_URL": _proxy_url,
+            "KQI_SERVICE_URL": f"http://127.0.0.1:{service_port}/services/kqi/",
+        },
+    }
+)
 c.JupyterHub.load_roles = [
+    {
+        "name": "kqi-culler",
+        "description": "the culler lists running servers, probes their activity, stops them, "
+        "and records why with the kqi service",
+        "scopes": [
+            "list:users",
+            "read:servers",
+            "access:servers",
+            "delete:servers",
+            "access:services!service=kqi",
+        ],
+        "services": ["kqi-culler"],
+    },
     {
         "name": "kqi-service",
         "description": "the kqi service reads users and their groups to decide who may bind what",

@@ -27,6 +27,7 @@ def bwrap_args(
     keep: list[Path],
     kqi_root: str = "/kqi",
     bwrap: str = "bwrap",
+    extra: list[str] | None = None,
 ) -> list[str]:
     """bubblewrap command prefix: the host as it is, the data root hidden except ``keep``
     (e.g. the user's home), and the plan mounted at ``kqi_root`` with read-only binds.
@@ -39,7 +40,7 @@ def bwrap_args(
         args += ["--perms", "0755", "--dir", f"{kqi_root}/{d}"]
     for b, src in resolve(plan, data_root, scratch):
         args += ["--ro-bind" if b.read_only else "--bind", str(src), f"{kqi_root}/{b.target}"]
-    args += ["--cap-drop", "ALL", "--"]
+    args += [*(extra or []), "--cap-drop", "ALL", "--"]
     return args
 
 

@@ -203,6 +203,39 @@ def _resolve_jobs(
     return tuple(refs)
 
 
+def check_profile(value: Any, ctx: Context, errors: list[tuple[str, str]]) -> str:
+    profile = value or default_profile(ctx.profiles)
+    if not isinstance(profile, str) or profile not in ctx.profiles:
+        errors.append(
+            ("profile", f"unknown profile {profile!r} (known: {', '.join(ctx.profiles)})")
+        )
+    return profile
+
+
+def check_datasets(value: Any, ctx: Context, errors: list[tuple[str, str]]) -> tuple[str, ...]:
+    """Dataset names the caller may read, de-duplicated, at most ctx.max_datasets."""
+    datasets: list[str] = []
+    for name in _as_list(value):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
+            errors.append(
+                ("datasets", f"{name!r} is not a dataset name (letters, digits, '.', '_', '-')")
+            )
+        elif name not in ctx.all_datasets:
+            errors.append(("datasets", f"unknown dataset {name!r}"))
+        elif name not in ctx.readable_datasets:
+            errors.append(("datasets", f"dataset {name!r} is not readable by your groups"))
+        elif name not in datasets:
+            datasets.append(name)
+    if len(datasets) > ctx.max_datasets:
+        errors.append(("datasets", f"{len(datasets)} datasets chosen, at most {ctx.max_datasets}"))
+    return tuple(datasets)
+
+
+def check_jobs(fld: str, value: Any, ctx: Context, errors: list[tuple[str, str]]) -> tuple:
+    """Job ids in ``value`` resolved to JobRefs the caller may read."""
+    return _resolve_jobs(fld, _job_ids(fld, value, errors), ctx, errors)
+
+
 def requested_job_ids(raw: Mapping[str, Any]) -> set[int]:
     """Job ids named in raw options, so the caller can look up only those."""
     ids = _job_ids("parent", raw.get("parent"), []) + _job_ids(
@@ -223,31 +256,11 @@ def validate_options(raw: Any, ctx: Context) -> ValidOptions:
         if key not in KNOWN_KEYS:
             errors.append((str(key), f"unknown option (known: {', '.join(KNOWN_KEYS)})"))
 
-    profile = raw.get("profile") or default_profile(ctx.profiles)
-    if not isinstance(profile, str) or profile not in ctx.profiles:
-        errors.append(
-            ("profile", f"unknown profile {profile!r} (known: {', '.join(ctx.profiles)})")
-        )
+    profile = check_profile(raw.get("profile"), ctx, errors)
+    datasets = check_datasets(raw.get("datasets"), ctx, errors)
 
-    datasets: list[str] = []
-    for name in _as_list(raw.get("datasets")):
-        if not isinstance(name, str) or not NAME_RE.fullmatch(name) or ".." in name:
-            errors.append(
-                ("datasets", f"{name!r} is not a dataset name (letters, digits, '.', '_', '-')")
-            )
-        elif name not in ctx.all_datasets:
-            errors.append(("datasets", f"unknown dataset {name!r}"))
-        elif name not in ctx.readable_datasets:
-            errors.append(("datasets", f"dataset {name!r} is not readable by your groups"))
-        elif name not in datasets:
-            datasets.append(name)
-    if len(datasets) > ctx.max_datasets:
-        errors.append(("datasets", f"{len(datasets)} datasets chosen, at most {ctx.max_datasets}"))
-
-    parents = _resolve_jobs("parent", _job_ids("parent", raw.get("parent"), errors), ctx, errors)
-    inferences = _resolve_jobs(
-        "inference", _job_ids("inference", raw.get("inference"), errors), ctx, errors
-    )
+    parents = check_jobs("parent", raw.get("parent"), ctx, errors)
+    inferences = check_jobs("inference", raw.get("inference"), ctx, errors)
 
     git = _validate_git(raw.get("git"), ctx, errors)
     lifetime = _validate_lifetime(raw.get("lifetime_hours"), ctx, errors)
@@ -257,12 +270,12 @@ def validate_options(raw: Any, ctx: Context) -> ValidOptions:
         errors.append(("startup_command", "must be text of at most 4096 characters"))
         startup = ""
 
-    env = _validate_env(raw.get("env"), errors)
+    env = validate_env(raw.get("env"), errors)
     if errors:
         raise OptionsError(errors)
     return ValidOptions(
         profile=profile,
-        datasets=tuple(datasets),
+        datasets=datasets,
         parents=parents,
         inferences=inferences,
         git=git,
@@ -315,7 +328,7 @@ def _validate_lifetime(value: Any, ctx: Context, errors: list[tuple[str, str]]) 
     return hours
 
 
-def _validate_env(value: Any, errors: list[tuple[str, str]]) -> dict[str, str]:
+def validate_env(value: Any, errors: list[tuple[str, str]]) -> dict[str, str]:
     if value in (None, "", {}):
         return {}
     if not isinstance(value, Mapping):

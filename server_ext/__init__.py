@@ -7,8 +7,10 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import activity
 from .handlers import LayoutHandler
 from .homelinks import apply_home_links, link_roots
+from .jobs_handlers import job_routes
 
 __version__ = "0.1.0"
 
@@ -57,4 +59,6 @@ def _load_jupyter_server_extension(serverapp: Any) -> None:
     base = serverapp.web_app.settings["base_url"]
     serverapp.web_app.settings["kqi_layout_state"] = lambda: layout_state(results)
     serverapp.web_app.add_handlers(".*$", [(base.rstrip("/") + "/api/kqi/layout", LayoutHandler)])
+    serverapp.web_app.add_handlers(".*$", activity.setup(serverapp, base))
+    serverapp.web_app.add_handlers(".*$", job_routes(base))
     serverapp.log.info("kqi server extension loaded (KQI_ROOT=%s)", os.environ.get("KQI_ROOT", "-"))

@@ -29,7 +29,14 @@ c = get_config()
 c.JupyterHub.cleanup_servers = True
 c.KqiLocalSpawner.isolation = {isolation!r}
 c.KqiAuthenticator.password_file = {password_file!r}
-c.JupyterHub.services[0]["command"] += ["--KqiService.git_schemes=['https', 'file']"]
+c.JupyterHub.services[0]["command"] += [
+    "--KqiService.git_schemes=['https', 'file']",
+    "--KqiService.max_running_jobs=3",
+    "--KqiService.max_running_jobs_per_user=2",
+    "--KqiService.webhook_retry_delay=0.2",
+    "--LocalRunner.isolation={isolation}",
+    "--LocalRunner.stop_grace=3",
+]
 c.JupyterHub.services.append({{"name": "test-admin", "api_token": {token!r}, "admin": True}})
 """
 
@@ -41,7 +48,9 @@ def free_port() -> int:
 
 
 class Platform:
-    def __init__(self, base: Path, isolation: str = "auto"):
+    def __init__(self, base: Path, isolation: str = "auto", extra_config: str = ""):
+        """``extra_config``: more lines for the platform's kqi_hub_config.py (e.g. culler
+        thresholds), run after the test defaults."""
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.data_root = base / "data"
@@ -56,6 +65,7 @@ class Platform:
             TEST_CONFIG.format(
                 isolation=isolation, password_file=str(self.password_file), token=self.admin_token
             )
+            + extra_config
         )
         self.proc: subprocess.Popen | None = None
         self._tokens: dict[str, str] = {}

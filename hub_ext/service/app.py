@@ -12,19 +12,20 @@ from jupyterhub.services.auth import HubOAuth, HubOAuthCallbackHandler
 from jupyterhub.utils import url_path_join
 from sqlalchemy.orm import Session
 from tornado import web
-from traitlets import Dict, Float, Integer, List, Unicode, default
+from traitlets import Dict, Float, Integer, List, Type, Unicode, default
 from traitlets.config import Application
 
 from ..options import DEFAULT_PROFILES, Profile
-from . import handlers
+from . import culls, handlers, jobs
 from .catalog import Catalog
 from .db import make_session_factory, migrate
 from .hubapi import HubClient
+from .scheduler import Scheduler
 
 
 class KqiService(Application):
     name = "kqi-service"
-    description = "The kqi hub service: datasets catalog, profiles and the layout authority."
+    description = "The kqi hub service: datasets, profiles, the layout authority, and jobs."
 
     aliases = {
         "data-root": "KqiService.data_root",
@@ -65,6 +66,29 @@ class KqiService(Application):
         default_value=["https", "http", "ssh", "git"],
         help="URL schemes allowed for the git repository option ('file' only for tests).",
     ).tag(config=True)
+    runner_class = Type(
+        "hub_ext.runners.LocalRunner",
+        klass="hub_ext.runners.JobRunner",
+        help="How jobs run: hub_ext.runners.LocalRunner (processes on this machine).",
+    ).tag(config=True)
+    max_running_jobs = Integer(4, help="Jobs running at once on the whole platform.").tag(
+        config=True
+    )
+    max_running_jobs_per_user = Integer(2, help="Jobs one user may have running at once.").tag(
+        config=True
+    )
+    max_archive_bytes = Integer(
+        200 * 1024**2, help="Largest code archive, unpacked, in bytes (also the upload limit)."
+    ).tag(config=True)
+    max_job_seconds = Integer(
+        None, allow_none=True, help="Longest timeout_seconds a job may ask for (None: no maximum)."
+    ).tag(config=True)
+    webhook_attempts = Integer(4, help="Tries of a job's notify_url before giving up.").tag(
+        config=True
+    )
+    webhook_retry_delay = Float(2.0, help="Seconds before the first webhook retry (doubles).").tag(
+        config=True
+    )
     api_token = Unicode(help="This service's hub token (env JUPYTERHUB_API_TOKEN).").tag(
         config=True
     )
@@ -101,6 +125,8 @@ class KqiService(Application):
         self.catalog = Catalog(root / "datasets")
         migrate(self.db_url)
         self.engine, self._sessions = make_session_factory(self.db_url)
+        self.runner = self.runner_class(parent=self, data_root=self.data_root)
+        self.scheduler = Scheduler(self, self.runner, self.log)
         self.hub = HubClient(
             os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api"), self.api_token
         )
@@ -115,6 +141,14 @@ class KqiService(Application):
             (url_path_join(p, "oauth_callback"), HubOAuthCallbackHandler),
             (url_path_join(p, "api/datasets"), handlers.DatasetsHandler),
             (url_path_join(p, "api/profiles"), handlers.ProfilesHandler),
+            (url_path_join(p, "api/cull-events"), culls.CullEventsHandler),
+            (url_path_join(p, "api/jobs"), jobs.JobsHandler),
+            (url_path_join(p, r"api/jobs/(\d+)"), jobs.JobHandler),
+            (url_path_join(p, r"api/jobs/(\d+)/stop"), jobs.StopHandler),
+            (url_path_join(p, r"api/jobs/(\d+)/continue"), jobs.ContinueHandler),
+            (url_path_join(p, r"api/jobs/(\d+)/logs"), jobs.LogsHandler),
+            (url_path_join(p, r"api/jobs/(\d+)/files"), jobs.FilesHandler),
+            (url_path_join(p, r"api/jobs/(\d+)/files/(.+)"), jobs.FilesHandler),
             (url_path_join(p, "api/internal/form"), handlers.FormDataHandler),
             (url_path_join(p, "api/internal/plan"), handlers.PlanHandler),
         ]
@@ -139,7 +173,13 @@ class KqiService(Application):
 
     async def serve(self) -> None:
         url = urlsplit(self.service_url)
-        self.make_app().listen(url.port or 80, url.hostname or "127.0.0.1", xheaders=True)
+        self.make_app().listen(
+            url.port or 80,
+            url.hostname or "127.0.0.1",
+            xheaders=True,
+            max_body_size=self.max_archive_bytes + 16 * 1024**2,
+        )
+        self._job_loop = asyncio.ensure_future(self.scheduler.run())
         self.log.info(
             "kqi service on %s%s, data root %s",
             self.service_url,

@@ -7,6 +7,7 @@ directly makes the service's view of groups the same for browser, token and inte
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from urllib.parse import quote
 
@@ -21,9 +22,14 @@ class UserInfo:
 
 
 class HubClient:
-    def __init__(self, api_url: str, token: str):
+    """The hub's users API, with a short cache: every API call needs the caller's groups, and
+    the hub is the shared bottleneck."""
+
+    def __init__(self, api_url: str, token: str, ttl: float = 5.0):
         self.api_url = api_url.rstrip("/")
         self.token = token
+        self.ttl = ttl
+        self._cache: dict[str, tuple[float, UserInfo | None]] = {}
 
     async def request(self, method: str, path: str, body: object = None) -> dict | None:
         req = HTTPRequest(
@@ -43,7 +49,15 @@ class HubClient:
         return json.loads(resp.body) if resp.body else {}
 
     async def user(self, name: str) -> UserInfo | None:
+        now = time.monotonic()
+        hit = self._cache.get(name)
+        if hit is not None and now - hit[0] < self.ttl:
+            return hit[1]
         model = await self.request("GET", f"users/{quote(name, safe='')}")
-        if model is None:
-            return None
-        return UserInfo(model["name"], bool(model.get("admin")), tuple(model.get("groups") or ()))
+        info = None
+        if model is not None:
+            info = UserInfo(
+                model["name"], bool(model.get("admin")), tuple(model.get("groups") or ())
+            )
+        self._cache[name] = (now, info)
+        return info

@@ -59,6 +59,12 @@ class KqiSpawnerMixin(HasTraits):
             raise web.HTTPError(503, f"kqi service unreachable: {e}") from e
         return json.loads(resp.body)
 
+    @default("server_token_scopes")
+    def _kqi_server_token_scopes(self) -> list[str]:
+        # the hub's default ("server" role) plus the kqi service, so the server extension and
+        # the `kqi` command reach it as the user
+        return ["users:activity!user", "access:servers!server", "access:services!service=kqi"]
+
     @default("options_form")
     def _kqi_options_form(self):
         return KqiSpawnerMixin._render_options_form
@@ -117,6 +123,7 @@ class KqiSpawnerMixin(HasTraits):
         env["KQI_ROOT"] = kqi_root
         env["KQI_LAYOUT"] = json.dumps(self.kqi_plan.to_dict())
         env["KQI_PROFILE"] = self.kqi_options.profile
+        env["KQI_SERVICE_URL"] = self.kqi_service_url
         if self.kqi_options.lifetime_hours is not None:
             env["KQI_LIFETIME_HOURS"] = f"{self.kqi_options.lifetime_hours:g}"
         return env

@@ -12,11 +12,14 @@ import glob
 import json
 import os
 import shutil
+import uuid
 from pathlib import Path
 
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from tornado import web
 from traitlets import CaselessStrEnum, Float, Unicode, default
+
+from culler.app import server_rules_json
 
 from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
@@ -107,6 +110,10 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
             )
         self._kqi_extra_env = self.kqi_env(kqi_root)
         self._kqi_extra_env["KQI_ISOLATION"] = isolation
+        # the culler's view: processes carrying this start's id are the server's, also after
+        # they left its process tree (nohup, setsid); the thresholds give the forecast
+        self._kqi_extra_env["KQI_SERVER_ID"] = uuid.uuid4().hex
+        self._kqi_extra_env["KQI_CULL_RULES"] = server_rules_json(self.config)
         # links into this user's per-server folders are ours too (moved when the mode changes)
         runs = glob.escape(str(data_root / "run" / self.user.name))
         self._kqi_extra_env["KQI_LINK_ROOTS"] = os.pathsep.join(["/kqi", f"{runs}/*/kqi"])

@@ -1,0 +1,162 @@
+"""LocalRunner: each job a supervised process group on this machine, in the /kqi layout.
+
+With bubblewrap the plan is mounted at /kqi (read-only inputs, private pid namespace, no
+capabilities, the rest of the data root hidden); without it a per-job folder of links stands
+in and KQI_ROOT names it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import psutil
+from traitlets import CaselessStrEnum, Unicode
+
+from ..materialize import build_link_tree, bwrap_args, missing_sources
+from .base import JobLaunch, JobRunner, RunState
+
+
+class LocalRunner(JobRunner):
+    isolation = CaselessStrEnum(
+        ["auto", "bubblewrap", "none"],
+        "auto",
+        help="'bubblewrap' mounts the layout at /kqi; 'none' uses a per-job folder of links "
+        "(read-only inputs not enforced); 'auto': bubblewrap when installed.",
+    ).tag(config=True)
+    bwrap_path = Unicode("bwrap", help="The bubblewrap executable.").tag(config=True)
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        self._children: dict[int, subprocess.Popen] = {}
+
+    def use_bubblewrap(self) -> bool:
+        found = shutil.which(self.bwrap_path) is not None
+        if self.isolation == "bubblewrap" and not found:
+            raise RuntimeError(f"isolation is 'bubblewrap' but {self.bwrap_path} is missing")
+        return self.isolation == "bubblewrap" or (self.isolation == "auto" and found)
+
+    def _scratch(self, job_id: int) -> Path:
+        return Path(self.data_root) / "run" / "jobs" / str(job_id)
+
+    async def start(self, launch: JobLaunch) -> dict[str, Any]:
+        data_root = Path(self.data_root)
+        jdir = self.job_path(launch.owner, launch.id)
+        (jdir / "logs").mkdir(parents=True, exist_ok=True)
+        (jdir / "output").mkdir(parents=True, exist_ok=True)
+        missing = missing_sources(launch.plan, data_root)
+        if missing:
+            raise RuntimeError(
+                "missing: " + ", ".join(f"/kqi/{b.target} ({b.source})" for b in missing)
+            )
+        scratch = self._scratch(launch.id)
+        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.mkdir(parents=True)
+        env = {
+            "PATH": os.pathsep.join([os.path.dirname(sys.executable), os.defpath]),
+            "LANG": os.environ.get("LANG", "C.UTF-8"),
+            **launch.env,
+            "KQI_JOB_MARK": uuid.uuid4().hex,
+        }
+        if self.use_bubblewrap():
+            root = "/kqi"
+            prefix = bwrap_args(
+                launch.plan,
+                data_root,
+                scratch,
+                [],
+                extra=["--unshare-pid", "--die-with-parent", "--chdir", f"{root}/code"],
+                bwrap=self.bwrap_path,
+            )
+            env["KQI_ISOLATION"] = "bubblewrap"
+            cwd = str(jdir / "code")
+        else:
+            tree = scratch / "kqi"
+            build_link_tree(launch.plan, data_root, scratch, tree)
+            root, prefix = str(tree), []
+            env["KQI_ISOLATION"] = "none"
+            cwd = str(tree / "code")
+        env.update(KQI_ROOT=root, HOME=f"{root}/code")
+        argv = [
+            sys.executable,
+            "-m",
+            "hub_ext.runners.supervise",
+            "--logs",
+            str(jdir / "logs"),
+            "--cwd",
+            cwd,
+            "--timeout",
+            str(launch.timeout_seconds or 0),
+            "--grace",
+            str(self.stop_grace),
+            "--",
+            *prefix,
+            "/bin/sh",
+            "-c",
+            launch.command,
+        ]
+        proc = subprocess.Popen(
+            argv,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=open(jdir / "logs" / "supervisor.log", "ab"),
+            start_new_session=True,
+        )
+        self._children[launch.id] = proc
+        self.log.info("job %s of %s started (pid %s)", launch.id, launch.owner, proc.pid)
+        return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
+
+    def _alive(self, job_id: int, ref: dict[str, Any] | None) -> bool:
+        child = self._children.get(job_id)
+        if child is not None and child.poll() is not None:  # reap our own child
+            self._children.pop(job_id, None)
+            return False
+        if not ref:
+            return False
+        try:
+            p = psutil.Process(ref["pid"])
+            return (
+                abs(p.create_time() - ref["create_time"]) < 0.01
+                and p.status() != psutil.STATUS_ZOMBIE
+            )
+        except psutil.Error:
+            return False
+
+    async def poll(self, owner: str, job_id: int, ref: dict[str, Any] | None) -> RunState:
+        status = self.recorded_status(owner, job_id)
+        if status is not None:
+            self._alive(job_id, ref)  # reap
+            self._cleanup(job_id)
+            return status
+        if self._alive(job_id, ref or self._ref_on_disk(owner, job_id)):
+            return RunState("running")
+        status = self.recorded_status(owner, job_id)  # it may have ended just now
+        if status is not None:
+            self._cleanup(job_id)
+            return status
+        return RunState("vanished", message="the job's process is gone and recorded no exit status")
+
+    def _ref_on_disk(self, owner: str, job_id: int) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.job_path(owner, job_id) / "logs/supervisor.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def _cleanup(self, job_id: int) -> None:
+        shutil.rmtree(self._scratch(job_id), ignore_errors=True)
+
+    async def stop(self, owner: str, job_id: int, ref: dict[str, Any] | None) -> None:
+        ref = ref or self._ref_on_disk(owner, job_id)
+        if ref and self._alive(job_id, ref):
+            try:
+                os.kill(ref["pid"], signal.SIGTERM)  # the supervisor stops the job's group
+            except ProcessLookupError:
+                pass

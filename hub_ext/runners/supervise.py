@@ -1,0 +1,128 @@
+"""Job supervisor: runs one job's command, writes its log and exit status to the job folder.
+
+It runs in its own session, apart from the kqi service, so a job and its final status survive
+a restart (or ``kill -9``) of the service. Files it writes in the logs folder:
+``supervisor.json`` (its pid and start time), ``output.log`` (stdout+stderr as they happen),
+``status.json`` (written last, atomically: exit code, reason, end time).
+
+SIGTERM asks for a stop: the job's process group gets SIGTERM, then SIGKILL after the grace
+period; so does a job over its timeout. Processes marked with the job's KQI_JOB_MARK that left
+the group (setsid, nohup) are killed too: a finished job leaves nothing running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+def marked_processes(mark: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("KQI_JOB_MARK") == mark and p.pid != os.getpid():
+                found.append(p)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def kill_all(child: subprocess.Popen, mark: str, sig: int) -> None:
+    try:
+        os.killpg(child.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+    for p in marked_processes(mark):
+        try:
+            p.send_signal(sig)
+        except psutil.Error:
+            pass
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="kqi-supervise")
+    ap.add_argument("--logs", required=True, help="the job's logs folder")
+    ap.add_argument("--cwd", required=True)
+    ap.add_argument("--timeout", type=float, default=0, help="seconds; 0: none")
+    ap.add_argument("--grace", type=float, default=10)
+    ap.add_argument("command", nargs=argparse.REMAINDER)
+    args = ap.parse_args(argv)
+    logs = Path(args.logs)
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    mark = os.environ.get("KQI_JOB_MARK", "")
+    me = psutil.Process()
+    _write_json(logs / "supervisor.json", {"pid": me.pid, "create_time": me.create_time()})
+
+    reason = "exited"
+    stop_at: float | None = None
+
+    def request_stop(signum: int, _frame: object) -> None:
+        nonlocal reason, stop_at
+        if stop_at is None:
+            reason = "stopped"
+            stop_at = time.monotonic()
+            kill_all(child, mark, signal.SIGTERM)
+
+    with open(logs / "output.log", "ab", buffering=0) as log:
+        child = subprocess.Popen(
+            cmd,
+            cwd=args.cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        signal.signal(signal.SIGTERM, request_stop)
+        signal.signal(signal.SIGINT, request_stop)
+        deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
+        killed = False
+        while True:
+            try:
+                rc = child.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            now = time.monotonic()
+            if deadline is not None and now > deadline and stop_at is None:
+                reason, stop_at = "timeout", now
+                log.write(f"\n[kqi] timeout after {args.timeout:g} s: stopping\n".encode())
+                kill_all(child, mark, signal.SIGTERM)
+            if stop_at is not None and not killed and now - stop_at > args.grace:
+                killed = True
+                kill_all(child, mark, signal.SIGKILL)
+        # the main process ended: nothing of the job may outlive it
+        leftovers = marked_processes(mark) if mark else []
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            kill_all(child, mark, sig)
+            if not leftovers:
+                break
+            _gone, leftovers = psutil.wait_procs(leftovers, timeout=2)
+
+    _write_json(
+        logs / "status.json",
+        {
+            "exit_code": rc,
+            "reason": reason,
+            "finished_at": datetime.now(timezone.utc).isoformat(),
+        },
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The server's own activity, for the culler and the user: ``GET api/kqi/activity``.
+
+Browser access is any request or websocket message authenticated by the hub's OAuth cookie
+(JupyterLab also sends that cookie's token as a header: it counts too); API tokens, such as
+the culler's own, are not browser access. Kernels come from the kernel manager. Watched
+processes are found with psutil among this server's processes: its descendants and anything
+carrying this start's KQI_SERVER_ID (nohup/setsid children of a closed terminal keep it),
+never the server itself, its wrappers or its kernels (excluded by PID, not by name).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from datetime import datetime, timezone
+from inspect import isawaitable
+from typing import Any
+
+import psutil
+from jupyter_server.base.handlers import APIHandler
+from tornado import web
+from tornado.websocket import WebSocketHandler
+
+from culler.rules import (
+    Activity,
+    Kernel,
+    ServerRecord,
+    Thresholds,
+    WatchedProcess,
+    decide,
+    parse_lifetime_hours,
+    watch_match,
+)
+
+MARKER = "KQI_SERVER_ID"
+
+
+class BrowserAccess:
+    """When a browser session last reached this server."""
+
+    def __init__(self) -> None:
+        self.last: datetime | None = None
+
+    def touch(self) -> None:
+        self.last = datetime.now(timezone.utc)
+
+
+def is_browser_request(handler: web.RequestHandler, hub_auth: Any) -> bool:
+    """Authenticated by the hub OAuth cookie, or by the token that cookie holds (JupyterLab
+    sends it back in a header or, for websockets, the URL). A request with any other token
+    (API tokens, services) is not a browser."""
+    if hub_auth is None:
+        return False
+    cookie = handler.get_secure_cookie(hub_auth.cookie_name)
+    if not cookie:
+        return False
+    if not getattr(handler, "_token_authenticated", False):
+        return True  # HubAuth found no token: the cookie authenticated it
+    return hub_auth.get_token(handler, in_cookie=False) == cookie.decode("utf8", "replace")
+
+
+def track_browser_access(serverapp: Any, access: BrowserAccess) -> None:
+    """Wrap the identity provider: every request it authenticates passes here, websocket
+    upgrades included (their later messages are counted by wrapping ``on_message``)."""
+    idp = serverapp.identity_provider
+    hub_auth = getattr(idp, "hub_auth", None)
+    if hub_auth is None:
+        serverapp.log.warning("kqi: not under JupyterHub; browser access is not tracked")
+        return
+    original = idp.get_user
+
+    async def get_user(handler: web.RequestHandler) -> Any:
+        user = original(handler)
+        if isawaitable(user):
+            user = await user
+        if (
+            user is not None
+            and not getattr(handler, "kqi_not_activity", False)
+            and is_browser_request(handler, hub_auth)
+        ):
+            access.touch()
+            if isinstance(handler, WebSocketHandler) and not hasattr(handler, "_kqi_tracked"):
+                handler._kqi_tracked = True
+                on_message = handler.on_message
+
+                def counted(message: Any) -> Any:
+                    access.touch()
+                    return on_message(message)
+
+                handler.on_message = counted
+        return user
+
+    idp.get_user = get_user
+
+
+def kernel_states(kernel_manager: Any) -> tuple[list[Kernel], set[int]]:
+    """Each kernel's state and last activity, and the PIDs of the kernel processes."""
+    kernels, pids = [], set()
+    for kid in list(kernel_manager.list_kernel_ids()):
+        try:
+            km = kernel_manager.get_kernel(kid)
+        except KeyError:
+            continue  # shut down meanwhile
+        kernels.append(
+            Kernel(
+                kid,
+                getattr(km, "execution_state", "unknown"),
+                getattr(km, "last_activity", None),
+            )
+        )
+        provisioner = getattr(km, "provisioner", None)
+        pid = getattr(provisioner, "pid", None) or getattr(
+            getattr(provisioner, "process", None), "pid", None
+        )
+        if pid:
+            pids.add(int(pid))
+    return kernels, pids
+
+
+def watched_processes(
+    server_pid: int, kernel_pids: set[int], marker: str, watch: tuple[str, ...]
+) -> list[WatchedProcess]:
+    """Processes of this server that match the watch list (see the module docstring)."""
+    me = psutil.Process(server_pid)
+    excluded = {server_pid, *kernel_pids, *(p.pid for p in me.parents())}
+    try:
+        descendants = {p.pid for p in me.children(recursive=True)}
+    except psutil.Error:
+        descendants = set()
+    found = []
+    for p in psutil.process_iter(["name", "cmdline", "status"]):
+        if p.pid in excluded or p.info["status"] == psutil.STATUS_ZOMBIE:
+            continue
+        name, cmdline = p.info["name"] or "", p.info["cmdline"] or []
+        if watch_match(name, cmdline, watch) is None:
+            continue
+        if p.pid not in descendants:
+            try:  # left the tree (nohup, setsid): ours if it carries our marker
+                if not marker or p.environ().get(MARKER) != marker:
+                    continue
+            except psutil.Error:
+                continue  # another account's or a vanished process: not ours
+        found.append(WatchedProcess(p.pid, name, tuple(cmdline)))
+    return found
+
+
+class ActivityState:
+    """Everything the activity route needs, set up once at extension load."""
+
+    def __init__(self, serverapp: Any) -> None:
+        self.serverapp = serverapp
+        self.access = BrowserAccess()
+        self.pid = os.getpid()
+        self.started = datetime.fromtimestamp(psutil.Process().create_time(), timezone.utc)
+        self.marker = os.environ.get(MARKER, "")
+        try:
+            self.thresholds = Thresholds.from_dict(json.loads(os.environ["KQI_CULL_RULES"]))
+        except (KeyError, ValueError, TypeError):
+            self.thresholds = Thresholds()  # the spec's defaults
+        self.lifetime_hours = parse_lifetime_hours(os.environ.get("KQI_LIFETIME_HOURS"))
+
+    async def snapshot(self) -> dict[str, Any]:
+        kernels, kernel_pids = kernel_states(self.serverapp.kernel_manager)
+        processes = await asyncio.to_thread(
+            watched_processes, self.pid, kernel_pids, self.marker, self.thresholds.watch
+        )
+        activity = Activity(self.started, self.access.last, tuple(kernels), tuple(processes))
+        record = ServerRecord(
+            user=os.environ.get("JUPYTERHUB_USER", ""),
+            name=os.environ.get("JUPYTERHUB_SERVER_NAME", ""),
+            started=self.started,
+            lifetime_hours=self.lifetime_hours,
+        )
+        decision = decide(datetime.now(timezone.utc), self.thresholds, record, activity)
+        return {**activity.to_dict(), "forecast": decision.forecast()}
+
+
+class ActivityHandler(APIHandler):
+    """GET api/kqi/activity: the owner's or an authorized token's view; not activity."""
+
+    kqi_not_activity = True  # reading it does not count as browser access
+    _track_activity = False  # ... nor as jupyter-server API activity
+
+    @web.authenticated
+    async def get(self) -> None:
+        self.finish(json.dumps(await self.settings["kqi_activity"].snapshot()))
+
+
+def setup(serverapp: Any, base_url: str) -> list[tuple[str, type]]:
+    """Start tracking browser access; the routes to add."""
+    state = ActivityState(serverapp)
+    serverapp.web_app.settings["kqi_activity"] = state
+    track_browser_access(serverapp, state.access)
+    return [(base_url.rstrip("/") + "/api/kqi/activity", ActivityHandler)]
