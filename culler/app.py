@@ -7,6 +7,7 @@ decision, the hub API to stop, the kqi service to record why. Run as ``python -m
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import json
 import logging
@@ -20,6 +21,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
 from traitlets import Bool, Float, Integer, List, Unicode, default
 from traitlets.config import Application, Config
+from traitlets.config.loader import DeferredConfigString
 
 from .rules import (
     DEFAULT_IDLE_TIMEOUT,
@@ -31,6 +33,7 @@ from .rules import (
     ServerRecord,
     Thresholds,
     decide,
+    human,
     isoformat,
     parse_lifetime_hours,
     parse_time,
@@ -236,9 +239,11 @@ class KqiCuller(Application):
     async def stop(self, record: ServerRecord) -> None:
         user = quote(record.user, safe="")
         path = f"users/{user}/servers/{quote(record.name, safe='')}" if record.name else ""
-        await self._fetch("DELETE", self._hub(path or f"users/{user}/server"))
+        # the hub answers a stop only after up to its slow_stop_timeout (10 s by default)
+        timeout = max(self.api_timeout, 30.0)
+        await self._fetch("DELETE", self._hub(path or f"users/{user}/server"), timeout=timeout)
 
-    async def record(self, record: ServerRecord, decision: Decision) -> None:
+    async def record(self, record: ServerRecord, decision: Decision, culled_at: datetime) -> None:
         if not self.kqi_service_url:
             return
         event = {
@@ -248,7 +253,7 @@ class KqiCuller(Application):
             "reason": decision.why,
             "measured": decision.measured,
             "server_started": isoformat(record.started),
-            "culled_at": isoformat(datetime.now(timezone.utc)),
+            "culled_at": isoformat(culled_at),
         }
         await self._fetch("POST", self.kqi_service_url.rstrip("/") + "/api/cull-events", event)
 
@@ -257,7 +262,8 @@ class KqiCuller(Application):
         """Probe, decide, log one line, and act; errors stay with this server."""
         async with sem:
             activity = await self.probe(record, path)
-        decision = decide(datetime.now(timezone.utc), self.thresholds, record, activity)
+        now = datetime.now(timezone.utc)
+        decision = decide(now, self.thresholds, record, activity)
         if not decision.cull:
             self.log.info("keep %s: %s", record.label, decision.why)
             return
@@ -273,7 +279,7 @@ class KqiCuller(Application):
             self.log.error("could not stop %s: %s", record.label, e)
             return
         try:
-            await self.record(record, decision)
+            await self.record(record, decision, culled_at=now)
         except HubError as e:
             self.log.error("stopped %s but could not record the cull: %s", record.label, e)
 
@@ -291,10 +297,10 @@ class KqiCuller(Application):
 
     async def loop(self) -> None:
         self.log.info(
-            "kqi-culler: every %g s, %s, watch %s%s",
-            self.every,
+            "kqi-culler: every %s, %s, watch %s%s",
+            human(self.every),
             ", ".join(
-                f"{k}={v:.0f} s" for k, v in self.thresholds.to_dict().items() if k != "watch"
+                f"{k}={human(v)}" for k, v in self.thresholds.to_dict().items() if k != "watch"
             ),
             ",".join(self.watch),
             " (dry run: nothing is stopped)" if self.dry_run else "",
@@ -317,6 +323,12 @@ class KqiCuller(Application):
 def hub_settings(config: Config) -> dict[str, Any]:
     """The culler's effective options from the hub's config (kqi_hub_config.py and the
     ``kqi-hub --KqiCuller.x=...`` command line, converted by the traits themselves)."""
+    config = Config(config)
+    for name, value in list(config.KqiCuller.items()):
+        # traitlets 5 cannot turn a deferred "['a', 'b']" into a List(Unicode()): do it here
+        if isinstance(value, DeferredConfigString) and name == "watch":
+            text = str(value).strip()
+            config.KqiCuller[name] = ast.literal_eval(text) if text[:1] in "[(" else [text]
     app = KqiCuller(config=config)
     return {name: getattr(app, name) for name in SETTINGS}
 

@@ -219,6 +219,14 @@ def _secs(delta: timedelta) -> float:
     return round(delta.total_seconds(), 1)
 
 
+def human(seconds: float) -> str:
+    """A duration as people read it in a log line: 12 s, 90 min, 36 h, 30 d."""
+    for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+        if abs(seconds) >= 2 * size:
+            return f"{seconds / size:.3g} {unit}"
+    return f"{seconds:.3g} s"
+
+
 def decide(
     now: datetime, th: Thresholds, server: ServerRecord, activity: Activity | None
 ) -> Decision:
@@ -247,9 +255,9 @@ def decide(
         "lifetime": None,
     }
     words = {
-        "uptime": f"up {_secs(now - started):g} s (max {th.max_uptime:g} s)",
-        "no-access": f"no browser access for {_secs(now - last_access):g} s "
-        f"(max {th.no_access_timeout:g} s)",
+        "uptime": f"up {human(_secs(now - started))} (max {human(th.max_uptime)})",
+        "no-access": f"no browser access for {human(_secs(now - last_access))} "
+        f"(max {human(th.no_access_timeout)})",
     }
     if server.lifetime_hours is not None:
         measured["lifetime_hours"] = server.lifetime_hours
@@ -257,7 +265,7 @@ def decide(
         words["lifetime"] = f"its lifetime of {server.lifetime_hours:g} h has passed"
     due["idle"], blocker = _idle_due(now, th, last_access, activity, measured)
     words["idle"] = (
-        f"idle for {measured.get('idle_seconds', 0):g} s (max {th.idle_timeout:g} s): "
+        f"idle for {human(measured.get('idle_seconds', 0))} (max {human(th.idle_timeout)}): "
         "no browser access, no busy kernel, no watched process"
     )
 
@@ -267,7 +275,7 @@ def decide(
             return Decision(True, rule, at, words[rule], measured)
     upcoming = [(at, i, rule) for i, (rule, at) in enumerate(due.items()) if at is not None]
     at, _, rule = min(upcoming)
-    why = f"next: {rule} in {_secs(at - now):g} s"
+    why = f"next: {rule} in {human(_secs(at - now))}"
     return Decision(False, rule, at, f"{blocker}; {why}" if blocker else why, measured)
 
 

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 extras=""
 apt_extra=()  # more apt packages for later capabilities
 if [[ "${1:-}" == "--test" ]]; then
-  extras="[test]"
+  extras="[test,kubernetes]"  # kubernetes: KqiKubeSpawner and its tests
 fi
 
 need=()
@@ -17,6 +17,9 @@ command -v git >/dev/null || need+=(git)
 command -v bwrap >/dev/null || need+=(bubblewrap)
 command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
+if [[ -n "$extras" ]]; then
+  command -v lmp >/dev/null || need+=(lammps)  # tests: LAMMPS is on the culler's watch list
+fi
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 need+=("${apt_extra[@]}")
 if ((${#need[@]})); then

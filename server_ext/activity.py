@@ -129,11 +129,11 @@ def watched_processes(
     except psutil.Error:
         descendants = set()
     found = []
-    for p in psutil.process_iter(["name", "cmdline", "status"]):
-        if p.pid in excluded or p.info["status"] == psutil.STATUS_ZOMBIE:
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.pid in excluded:
             continue
         name, cmdline = p.info["name"] or "", p.info["cmdline"] or []
-        if watch_match(name, cmdline, watch) is None:
+        if watch_match(name, cmdline, watch) is None or not _alive(p):
             continue
         if p.pid not in descendants:
             try:  # left the tree (nohup, setsid): ours if it carries our marker
@@ -145,6 +145,14 @@ def watched_processes(
     return found
 
 
+def _alive(p: psutil.Process) -> bool:
+    """Running (a zombie has ended: only its exit status is left for its parent)."""
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
 class ActivityState:
     """Everything the activity route needs, set up once at extension load."""
 
@@ -152,7 +160,8 @@ class ActivityState:
         self.serverapp = serverapp
         self.access = BrowserAccess()
         self.pid = os.getpid()
-        self.started = datetime.fromtimestamp(psutil.Process().create_time(), timezone.utc)
+        # up = able to serve: the idle and no-access clocks of a never-opened server start here
+        self.started = datetime.now(timezone.utc)
         self.marker = os.environ.get(MARKER, "")
         try:
             self.thresholds = Thresholds.from_dict(json.loads(os.environ["KQI_CULL_RULES"]))

@@ -68,7 +68,7 @@ def _job_line(job: dict[str, Any]) -> str:
     line = f"job {job['id']} ({job.get('name') or '-'}): {job['status']}"
     if job.get("exit_code") is not None and job["status"] in FINAL:
         line += f", exit code {job['exit_code']}"
-    if job.get("message"):
+    if job.get("message") and job["message"] != f"exit code {job.get('exit_code')}":
         line += f" — {job['message']}"
     return line
 
@@ -99,12 +99,12 @@ def cmd_submit(args: argparse.Namespace, client: ServiceClient) -> int:
         args.mode,
         command=_command(args.command_words),
         include=args.include or None,
-        parameters=dict(args.param) if args.param else None,
+        parameters={k: _param_value(v) for k, v in args.param} if args.param else None,
         spec=spec,
         max_bytes=max_bytes_from_env(),
     )
     job = client.submit(spec, archive)
-    return _report_new(job, args, client, f"submitted ({len(archive) / 1024:.0f} KiB of code)")
+    return _report_new(job, args, client, f"submitted ({human_size(len(archive))} of code)")
 
 
 def _report_new(job: dict[str, Any], args: argparse.Namespace, client: ServiceClient, what: str):
@@ -116,8 +116,9 @@ def _report_new(job: dict[str, Any], args: argparse.Namespace, client: ServiceCl
             print(f"  command: {job.get('command', '')}")
             print(f"  follow its log: kqi logs -f {job['id']}")
         return OK
-    if not args.json:
-        print(f"{_job_line(job)} — {what}; following its log (Ctrl-C stops following)")
+    if not args.json:  # stdout is the job's log alone
+        msg = f"{_job_line(job)} — {what}; following its log (Ctrl-C stops following)"
+        print(msg, file=sys.stderr, flush=True)
     return follow(client, job["id"], args.json)
 
 

@@ -44,7 +44,7 @@ class Browser:
             },
             timeout=30,
         )
-        assert r.status_code == 200 and "created" in r.text.lower(), re.sub(r"\s+", " ", r.text)[:3000]
+        assert "signup was successful" in r.text, re.findall(r"alert-\w+.{0,300}", r.text, re.S)
         r = self.s.post(
             f"{p.url}/hub/login?next=/hub/home",
             data={"username": user, "password": password, "_xsrf": self._xsrf("/hub/")},
@@ -81,8 +81,11 @@ class Browser:
             headers["Authorization"] = f"token {self.page_token[server]}"
         return self.s.get(f"{self.p.url}{prefix}{path}", headers=headers, timeout=30)
 
-    def type_in_terminal(self, name: str, text: str, server: str = "") -> None:
-        """Keystrokes into an open terminal over its websocket, with the browser's cookies."""
+    def type_in_terminal(
+        self, name: str, text: str, server: str = "", connected: Any = None
+    ) -> None:
+        """Keystrokes into an open terminal over its websocket, with the browser's cookies;
+        ``connected()`` is called once the websocket is open, before typing."""
         cookie = "; ".join(f"{c.name}={c.value}" for c in self.s.cookies)
         prefix = server_prefix(self.user, server)
         ws = f"ws://127.0.0.1:{self.p.port}{prefix}terminals/websocket/{name}"
@@ -90,6 +93,8 @@ class Browser:
 
         async def go() -> None:
             conn = await websocket_connect(HTTPRequest(ws, headers=headers))
+            if connected is not None:
+                await asyncio.to_thread(connected)
             await conn.write_message(json.dumps(["stdin", text]))
             await asyncio.sleep(0.5)
             conn.close()
@@ -98,7 +103,9 @@ class Browser:
 
 
 class KeepAlive:
-    """An open JupyterLab tab: polls the server every second until closed."""
+    """An open JupyterLab tab: polls the server every ``every`` seconds until closed."""
+
+    every = 2.0
 
     def __init__(self, browser: Browser, server: str = ""):
         self.browser, self.server = browser, server
@@ -107,7 +114,7 @@ class KeepAlive:
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(1.0):
+        while not self._stop.wait(self.every):
             try:
                 self.browser.api("api/kernels", self.server)
             except requests.RequestException:

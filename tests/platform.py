@@ -116,7 +116,13 @@ class Platform:
                 env = p.info["environ"] or {}
             except (psutil.Error, TypeError):
                 continue
-            if str(self.data_root) in cmd or env.get("KQI_DATA_ROOT") == str(self.data_root):
+            # ... and what servers of this hub left running (nohup, setsid)
+            hub_api = f"http://127.0.0.1:{self.hub_port}/"
+            if (
+                str(self.data_root) in cmd
+                or env.get("KQI_DATA_ROOT") == str(self.data_root)
+                or env.get("JUPYTERHUB_API_URL", "").startswith(hub_api)
+            ):
                 try:
                     p.kill()
                 except psutil.Error:

@@ -32,7 +32,15 @@ def p(platform: Platform) -> Platform:
     return platform
 
 
-def test_script_reads_input_writes_output(p: Platform) -> None:
+@pytest.fixture(params=["platform", "plain_platform"])
+def any_p(request) -> Platform:
+    pl = request.getfixturevalue(request.param)
+    pl.add_dataset("mnist", {"a.txt": "digits\n"})
+    return pl
+
+
+def test_script_reads_input_writes_output(any_p: Platform) -> None:
+    p = any_p
     tok = p.add_user("jo")
     r = submit(
         p,
@@ -65,6 +73,21 @@ def test_job_environment_has_no_tokens_and_inputs_are_read_only(p: Platform) -> 
     assert "Read-only file system" in log and "WROTE" not in log
     assert "/kqi/code" in log
     assert not (p.data_root / "datasets/mnist/new.txt").exists()
+
+
+def test_parent_of_a_new_job_and_admin_listing(p: Platform) -> None:
+    tok = p.add_user("pam")
+    first = wait_job(p, tok, submit(p, tok, {"command": "echo w > /kqi/output/model"}).json()["id"])
+    both = [first["id"]]
+    second = submit(p, tok, {"command": "cat /kqi/parent/model", "parent": first["id"]}).json()
+    second = wait_job(p, tok, second["id"])
+    assert p.service(f"api/jobs/{second['id']}/logs", tok).text == "w\n"
+    both.append(second["id"])
+    admin = p.add_user("boss", admin=True)
+    listed = [j["id"] for j in p.service("api/jobs?user=pam", admin).json()]
+    assert listed == both[::-1]  # newest first
+    assert set(both) <= {j["id"] for j in p.service("api/jobs?all=1", admin).json()}
+    assert p.service("api/jobs", admin).json() == []  # the admin's own: none
 
 
 def test_failing_script_is_failed_with_its_exit_code(p: Platform) -> None:
@@ -238,7 +261,8 @@ def test_other_users_cannot_reach_a_job(p: Platform) -> None:
         r = p.service(path, other, method=method, json={} if method == "POST" else None)
         assert r.status_code == 404, (path, r.status_code, r.text)
     assert jid not in [j["id"] for j in p.service("api/jobs", other).json()]
-    assert jid not in [j["id"] for j in p.service("api/jobs?all=1", other).json()]
+    assert p.service("api/jobs?all=1", other).status_code == 403
+    assert p.service("api/jobs?user=sue", other).status_code == 403
     r = submit(p, other, {"command": "true", "parent": jid})
     assert r.status_code == 400 and f"no job {jid} that you may read" in r.json()["message"]
     r = p.spawn("tom", {"parent": jid})
@@ -371,3 +395,12 @@ def test_notebook_sees_own_jobs_read_only(p: Platform) -> None:
         assert out.count("42") >= 2 and "Read-only file system" in out
     finally:
         p.stop_server("zed")
+
+
+def test_stop_right_after_submit_is_stopped_not_lost(p: Platform) -> None:
+    tok = p.add_user("abe")
+    for _ in range(3):
+        job = submit(p, tok, {"command": "sleep 30"}).json()
+        p.service(f"api/jobs/{job['id']}/stop", tok, method="POST")
+        job = wait_job(p, tok, job["id"])
+        assert job["status"] == "stopped", job

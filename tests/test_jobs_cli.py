@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import shlex
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -124,6 +125,19 @@ def test_submit_text_and_follow(p: Platform, term: Terminal) -> None:
     assert f"job {job_id} (train.py): succeeded, exit code 0" in err
 
 
+def test_command_after_double_dash(p: Platform, term: Terminal) -> None:
+    # several words: each stays one argument, whatever it holds
+    status, out, err = term.kqi(
+        "submit train.py --follow -- python -c 'import sys; print(sys.argv[1:])' 'a b' '$HOME'",
+        timeout=90,
+    )
+    assert status == 0, err
+    assert "['a b', '$HOME']" in out
+    # one word: a shell string
+    status, out, err = term.kqi("submit train.py --follow -- 'echo one && echo two'", timeout=90)
+    assert status == 0 and out.split() == ["one", "two"], out + err
+
+
 def test_failing_script_exit_code(p: Platform, term: Terminal) -> None:
     status, out, err = term.kqi("submit fail.py --follow", timeout=90)
     assert status == 1
@@ -178,7 +192,11 @@ def test_papermill_with_parameters(p: Platform, term: Terminal) -> None:
 
 def test_stop(p: Platform, term: Terminal) -> None:
     job = term.kqi_json("submit sleep.py")
-    wait_job(p, p.token(USER), job["id"], until=("running",))
+    # stop it once it is under way (it printed)
+    deadline = time.monotonic() + 60
+    while "sleeping" not in p.service(f"api/jobs/{job['id']}/logs", p.token(USER)).text:
+        assert time.monotonic() < deadline, "the job never started"
+        time.sleep(0.3)
     status, out, err = term.kqi(f"stop {job['id']}")
     assert status == 0, err
     assert f"job {job['id']} (sleep.py): " in out

@@ -13,6 +13,7 @@ import requests
 from .jobs import wait_job
 from .platform import Platform
 from .test_jobs_cli import write_notebook
+from .test_spawn_form import login
 
 USER, OTHER = "route-cy", "route-di"
 
@@ -44,6 +45,17 @@ def p(platform: Platform) -> Iterator[Platform]:
 
 def submit(p: Platform, body: dict[str, Any], user: str = USER) -> requests.Response:
     return p.server(user, "api/kqi/submit", method="POST", json=body)
+
+
+def wait_log(p: Platform, job_id: int, text: str, timeout: float = 60) -> str:
+    """The job's log once it holds ``text``: the job is really under way."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        log = p.server(USER, f"api/kqi/jobs/{job_id}/logs").text
+        if text in log:
+            return log
+        time.sleep(0.3)
+    raise TimeoutError(f"job {job_id} never logged {text!r}: {log}")
 
 
 def test_submit_file_of_the_server(p: Platform) -> None:
@@ -99,20 +111,24 @@ def test_logs_follow_streams_as_the_job_writes(p: Platform) -> None:
 
 
 def test_stop_and_continue_through_the_server(p: Platform) -> None:
-    first = wait_job(p, p.token(USER), submit(p, {"path": "work/count.py"}).json()["id"])
+    body = {"path": "work/count.py", "datasets": ["route-words"]}
+    first = wait_job(p, p.token(USER), submit(p, body).json()["id"])
+    command = "cat /kqi/output/result.txt; echo; echo waiting; sleep 300"
     r = p.server(
         USER,
         f"api/kqi/jobs/{first['id']}/continue",
         method="POST",
-        json={"copy_output": True, "command": "sleep 300"},
+        json={"copy_output": True, "command": command},
     )
     assert r.status_code == 201, r.text
     nxt = r.json()
-    assert nxt["continued_from"] == first["id"]
-    wait_job(p, p.token(USER), nxt["id"], until=("running",))
+    assert (nxt["continued_from"], nxt["command"]) == (first["id"], command)
+    log = wait_log(p, nxt["id"], "waiting")
+    assert "2 words!" in log  # the output it continues from
     r = p.server(USER, f"api/kqi/jobs/{nxt['id']}/stop", method="POST", json={})
     assert r.status_code == 200, r.text
-    assert wait_job(p, p.token(USER), nxt["id"])["status"] == "stopped"
+    done = wait_job(p, p.token(USER), nxt["id"])
+    assert done["status"] == "stopped", done
 
 
 def test_datasets_and_profiles_pass_through(p: Platform) -> None:
@@ -140,7 +156,7 @@ def test_refusals(p: Platform) -> None:
 
 
 def test_other_users_job_and_no_auth(p: Platform) -> None:
-    mine = submit(p, {"path": "work/count.py"}).json()
+    mine = submit(p, {"path": "work/count.py", "datasets": ["route-words"]}).json()
     for path, method in (
         (f"api/kqi/jobs/{mine['id']}", "GET"),
         (f"api/kqi/jobs/{mine['id']}/logs", "GET"),
@@ -162,3 +178,36 @@ def test_other_users_job_and_no_auth(p: Platform) -> None:
     r = requests.post(f"{p.url}/user/{USER}/api/kqi/submit", json={"path": "x"}, timeout=30)
     assert r.status_code in (302, 403) or "login" in r.url
     assert wait_job(p, p.token(USER), mine["id"])["status"] == "succeeded"
+
+
+def test_browser_session_needs_xsrf(p: Platform) -> None:
+    """As the lab extension calls it: the hub login cookie, OAuth into the server, and the
+    XSRF token the page carries; without the XSRF token a POST is refused."""
+    admin = "admin"
+    (p.home(admin) / "web").mkdir(parents=True, exist_ok=True)
+    (p.home(admin) / "web" / "hello.py").write_text("print('from the browser')\n")
+    assert p.spawn(admin).ok
+    p.wait_ready(admin)
+    try:
+        s = login(p, admin, p.password_file.read_text().strip())
+        r = s.get(f"{p.url}/user/{admin}/lab", timeout=60)
+        assert r.status_code == 200 and r.url.endswith(f"/user/{admin}/lab"), r.url
+        xsrf = next(c.value for c in s.cookies if c.name == "_xsrf" and c.path.startswith("/user"))
+        url = f"{p.url}/user/{admin}/api/kqi/submit"
+        fetch = {"Sec-Fetch-Mode": "cors", "Sec-Fetch-Site": "same-origin"}
+        r = s.post(url, json={"path": "web/hello.py"}, headers=fetch, timeout=30)
+        assert r.status_code == 403, r.text
+        r = s.post(
+            url, json={"path": "web/hello.py"}, headers={**fetch, "X-XSRFToken": xsrf}, timeout=30
+        )
+        assert r.status_code == 201, r.text
+        job = wait_job(p, p.token(admin), r.json()["id"])
+        assert job["status"] == "succeeded" and job["owner"] == admin
+        log = s.get(
+            f"{p.url}/user/{admin}/api/kqi/jobs/{job['id']}/logs",
+            headers={**fetch, "X-XSRFToken": xsrf},  # JupyterLab sends it on every request
+            timeout=30,
+        )
+        assert log.status_code == 200 and log.text == "from the browser\n"
+    finally:
+        p.stop_server(admin)

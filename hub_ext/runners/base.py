@@ -63,7 +63,7 @@ class JobRunner(LoggingConfigurable):
         message = {
             "timeout": "stopped: over its time limit",
             "stopped": "stopped on request",
-        }.get(reason, f"exit code {code}")
+        }.get(reason, "" if code == 0 else f"exit code {code}")
         return RunState("exited", code, reason, message)
 
     async def start(self, launch: JobLaunch) -> dict[str, Any]:

@@ -7,6 +7,7 @@ in and KQI_ROOT names it.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -154,6 +155,11 @@ class LocalRunner(JobRunner):
         shutil.rmtree(self._scratch(job_id), ignore_errors=True)
 
     async def stop(self, owner: str, job_id: int, ref: dict[str, Any] | None) -> None:
+        # a supervisor that has not yet written supervisor.json has no SIGTERM handler yet
+        for _ in range(50):
+            if self._ref_on_disk(owner, job_id) or not self._alive(job_id, ref):
+                break
+            await asyncio.sleep(0.1)
         ref = ref or self._ref_on_disk(owner, job_id)
         if ref and self._alive(job_id, ref):
             try:

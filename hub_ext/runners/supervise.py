@@ -65,18 +65,23 @@ def main(argv: list[str] | None = None) -> int:
     logs = Path(args.logs)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     mark = os.environ.get("KQI_JOB_MARK", "")
-    me = psutil.Process()
-    _write_json(logs / "supervisor.json", {"pid": me.pid, "create_time": me.create_time()})
-
     reason = "exited"
     stop_at: float | None = None
+    child: subprocess.Popen | None = None
 
     def request_stop(signum: int, _frame: object) -> None:
         nonlocal reason, stop_at
         if stop_at is None:
             reason = "stopped"
             stop_at = time.monotonic()
-            kill_all(child, mark, signal.SIGTERM)
+            if child is not None:
+                kill_all(child, mark, signal.SIGTERM)
+
+    # handlers first: supervisor.json tells the runner that a stop will now be honoured
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    me = psutil.Process()
+    _write_json(logs / "supervisor.json", {"pid": me.pid, "create_time": me.create_time()})
 
     with open(logs / "output.log", "ab", buffering=0) as log:
         child = subprocess.Popen(
@@ -87,8 +92,8 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        signal.signal(signal.SIGTERM, request_stop)
-        signal.signal(signal.SIGINT, request_stop)
+        if stop_at is not None:  # asked before the job existed
+            kill_all(child, mark, signal.SIGTERM)
         deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
         killed = False
         while True:

@@ -189,7 +189,10 @@ class KqiService(Application):
         await asyncio.Event().wait()
 
     def start(self) -> None:
-        asyncio.run(self.serve())
+        try:
+            asyncio.run(self.serve())
+        except KeyboardInterrupt:  # the hub stops its services with SIGINT
+            self.log.info("kqi service stopped")
 
 
 def main() -> None:

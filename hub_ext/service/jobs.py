@@ -107,7 +107,10 @@ class JobsHandler(JobsBase):
         user = await self.caller()
         q = select(Job).order_by(Job.id.desc())
         who = self.get_argument("user", None)
-        if not user.admin or not (who or self.get_argument("all", None)):
+        everyone = self.get_argument("all", "0") not in ("0", "", "false")
+        if (who and who != user.name or everyone) and not user.admin:
+            raise web.HTTPError(403, "only admins may list other users' jobs")
+        if not (who or everyone):
             who = user.name
         if who:
             q = q.where(Job.owner == who)

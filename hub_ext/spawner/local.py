@@ -12,9 +12,11 @@ import glob
 import json
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
+import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from tornado import web
 from traitlets import CaselessStrEnum, Float, Unicode, default
@@ -54,6 +56,23 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         "Local mode: this machine runs servers as plain processes, so the profile's CPU, "
         "memory and workspace sizes are not enforced (they are on Kubernetes)."
     )
+
+    #: KQI_SERVER_ID of the running server (kept in the hub's state across hub restarts)
+    kqi_server_id = ""
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self.kqi_server_id:
+            state["kqi_server_id"] = self.kqi_server_id
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.kqi_server_id = state.get("kqi_server_id", "")
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.kqi_server_id = ""
 
     @default("home_dir")
     def _home(self) -> str:
@@ -112,7 +131,8 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         self._kqi_extra_env["KQI_ISOLATION"] = isolation
         # the culler's view: processes carrying this start's id are the server's, also after
         # they left its process tree (nohup, setsid); the thresholds give the forecast
-        self._kqi_extra_env["KQI_SERVER_ID"] = uuid.uuid4().hex
+        self.kqi_server_id = uuid.uuid4().hex
+        self._kqi_extra_env["KQI_SERVER_ID"] = self.kqi_server_id
         self._kqi_extra_env["KQI_CULL_RULES"] = server_rules_json(self.config)
         # links into this user's per-server folders are ours too (moved when the mode changes)
         runs = glob.escape(str(data_root / "run" / self.user.name))
@@ -129,7 +149,13 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
             self.cmd = base
 
     async def stop(self, now: bool = False) -> None:
+        server_id = self.kqi_server_id  # poll() clears the state once the process ended
         await super().stop(now=now)
+        # what was left running with nohup or setsid goes with the server, as in a pod
+        if server_id:
+            ended = await asyncio.to_thread(kill_marked, server_id)
+            if ended:
+                self.log.info("%s: ended %d processes it left running", self._log_name, ended)
         # the git clone and other fresh folders are rebuilt at each start: free the disk now
         shutil.rmtree(self.server_dir / "scratch", ignore_errors=True)
 
@@ -193,3 +219,36 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         except PermissionError:
             return await super()._signal(sig)
         return True
+
+
+def kill_marked(server_id: str, grace: float = 3.0) -> int:
+    """End every process carrying ``KQI_SERVER_ID=server_id``: TERM, then KILL what is still
+    running after ``grace`` seconds (a zombie has ended; its parent reaps it). Returns how
+    many there were."""
+    marked = []
+    for p in psutil.process_iter():
+        try:
+            if p.environ().get("KQI_SERVER_ID") == server_id:
+                p.terminate()
+                marked.append(p)
+        except psutil.Error:
+            continue  # gone, or another account's
+    count, deadline = len(marked), time.monotonic() + grace
+    while marked:
+        marked = [p for p in marked if _running(p)]
+        if not marked or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for p in marked:
+        try:
+            p.kill()
+        except psutil.Error:
+            pass
+    return count
+
+
+def _running(p: psutil.Process) -> bool:
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False

@@ -1,0 +1,2 @@
+"""Kubernetes mode: pure manifest builders (objects) shared by KqiKubeSpawner and
+KubernetesRunner. Importing this package needs no Kubernetes client."""
