@@ -228,8 +228,10 @@ class KqiCuller(Application):
 
     async def probe(self, record: ServerRecord, path: str) -> Activity | None:
         """The server's activity, or None (logged) if it cannot be had."""
-        origin = self.proxy_url.rstrip("/")
-        url = f"{origin}/{path.lstrip('/')}api/kqi/activity"
+        if path.startswith(("http://", "https://")):  # servers on subdomains: a full URL
+            url = f"{path.rstrip('/')}/api/kqi/activity"
+        else:
+            url = f"{self.proxy_url.rstrip('/')}/{path.strip('/')}/api/kqi/activity"
         try:
             return Activity.from_dict(await self._fetch("GET", url, timeout=self.probe_timeout))
         except (HubError, ValueError, KeyError, TypeError) as e:
@@ -285,11 +287,9 @@ class KqiCuller(Application):
 
     async def cull_once(self) -> int:
         """One pass over the running servers; returns how many were judged."""
+        servers = [item async for item in self.running_servers()]  # all pages, or raise
         sem = asyncio.Semaphore(self.concurrency)
-        tasks = [
-            asyncio.create_task(self.handle(record, path, sem))
-            async for record, path in self.running_servers()
-        ]
+        tasks = [asyncio.create_task(self.handle(record, path, sem)) for record, path in servers]
         for result in await asyncio.gather(*tasks, return_exceptions=True):
             if isinstance(result, Exception):
                 self.log.error("error in a cull decision: %r", result)

@@ -169,10 +169,11 @@ class ActivityState:
             self.thresholds = Thresholds()  # the spec's defaults
         self.lifetime_hours = parse_lifetime_hours(os.environ.get("KQI_LIFETIME_HOURS"))
 
-    async def snapshot(self) -> dict[str, Any]:
+    async def snapshot(self, ignore: frozenset[int] = frozenset()) -> dict[str, Any]:
+        """``ignore``: pids left out (``kqi status`` leaves out itself, a python process)."""
         kernels, kernel_pids = kernel_states(self.serverapp.kernel_manager)
         processes = await asyncio.to_thread(
-            watched_processes, self.pid, kernel_pids, self.marker, self.thresholds.watch
+            watched_processes, self.pid, kernel_pids | ignore, self.marker, self.thresholds.watch
         )
         activity = Activity(self.started, self.access.last, tuple(kernels), tuple(processes))
         record = ServerRecord(
@@ -193,7 +194,11 @@ class ActivityHandler(APIHandler):
 
     @web.authenticated
     async def get(self) -> None:
-        self.finish(json.dumps(await self.settings["kqi_activity"].snapshot()))
+        try:
+            ignore = frozenset(int(x) for x in self.get_arguments("ignore_pid"))
+        except ValueError as e:
+            raise web.HTTPError(400, "ignore_pid must be a process id") from e
+        self.finish(json.dumps(await self.settings["kqi_activity"].snapshot(ignore)))
 
 
 def setup(serverapp: Any, base_url: str) -> list[tuple[str, type]]:

@@ -13,7 +13,12 @@ import os
 import sys
 import textwrap
 import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timezone
 from typing import Any
+
+from culler.rules import human
 
 from .cli_format import duration, human_size, local_time, table
 from .client import ServiceClient, ServiceError
@@ -290,6 +295,51 @@ def cmd_layout(args: argparse.Namespace) -> int:
     return 0
 
 
+def _until(at: str) -> str:
+    when = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    seconds = (when - datetime.now(timezone.utc)).total_seconds()
+    if seconds <= 0:
+        return "now"
+    return "in " + human(seconds)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """The auto-stop forecast of this server, from its own activity route."""
+    base = os.environ.get("JUPYTERHUB_SERVICE_URL", "")
+    token = os.environ.get("JUPYTERHUB_API_TOKEN", "")
+    if not base or not token:
+        print("kqi: not inside a kqi notebook server", file=sys.stderr)
+        return USAGE
+    # this command is itself a python process: leave it (and its shell) out of the forecast
+    ignore = f"ignore_pid={os.getpid()}"
+    req = urllib.request.Request(base.rstrip("/") + f"/api/kqi/activity?{ignore}")
+    req.add_header("Authorization", f"token {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            activity = json.loads(resp.read())
+    except (urllib.error.URLError, OSError) as e:
+        print(f"kqi: cannot read this server's activity: {e}", file=sys.stderr)
+        return UNREACHABLE
+    if args.json:
+        _print_json(activity)
+        return OK
+    forecast = activity.get("forecast") or {}
+    if forecast.get("at"):
+        print(f"auto-stop {_until(forecast['at'])}: {forecast.get('rule')} ({forecast['at']})")
+    else:
+        print("no auto-stop is due")
+    print(f"last browser access: {activity.get('last_browser_access') or 'never'}")
+    kernels = activity.get("kernels") or []
+    busy = sum(1 for k in kernels if k.get("execution_state") == "busy")
+    print(f"kernels: {len(kernels)} ({busy} busy)")
+    for proc in activity.get("watched_processes") or []:
+        cmdline = proc["cmdline"]
+        if isinstance(cmdline, list):
+            cmdline = " ".join(cmdline)
+        print(f"keeps the server up: pid {proc['pid']} {proc['name']}: {cmdline[:60]}")
+    return OK
+
+
 # -- parser -------------------------------------------------------------------------------------
 def _job_id(text: str) -> int:
     try:
@@ -420,6 +470,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("layout", "what is mounted under $KQI_ROOT", "The /kqi layout of this server.")
     p.set_defaults(func=cmd_layout, local=True)
+
+    p = add(
+        "status",
+        "when this server will be stopped automatically, and why",
+        "The auto-stop forecast of this server (the rule that will stop it first and when), "
+        "its last browser access, kernels, and the processes that keep it running.",
+    )
+    p.set_defaults(func=cmd_status, local=True)
     return parser
 
 

@@ -55,7 +55,11 @@ def test_kqi_layout_in_a_terminal(platform: Platform) -> None:
         status, out = p.run_in_server("hal", "kqi layout")
         assert status == 0 and "/kqi/input/cli-set" in out and " ro " in out
         status, out = p.run_in_server("hal", "kqi --help")
-        assert status == 0 and "layout" in out
+        assert status == 0 and "layout" in out and "status" in out
+        # the auto-stop forecast with the embedded defaults: idle after 90 min
+        status, out = p.run_in_server("hal", "kqi status")
+        assert status == 0 and "auto-stop in" in out and ": idle (" in out, out
+        assert "kernels: 0 (0 busy)" in out
     finally:
         p.stop_server("hal")
 

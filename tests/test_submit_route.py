@@ -186,7 +186,9 @@ def test_browser_session_needs_xsrf(p: Platform) -> None:
     admin = "admin"
     (p.home(admin) / "web").mkdir(parents=True, exist_ok=True)
     (p.home(admin) / "web" / "hello.py").write_text("print('from the browser')\n")
-    assert p.spawn(admin).ok
+    # explicit options: earlier tests may have left refused options to be reused
+    r = p.spawn(admin, {"profile": "standard"})
+    assert r.ok, r.text
     p.wait_ready(admin)
     try:
         s = login(p, admin, p.password_file.read_text().strip())

@@ -40,10 +40,11 @@ JOB_LOGS_PATH = "/var/run/kqi/logs"
 JOB_SCRIPT = """KQI_JOB_MARK="$KQI_JOB_NAME" "$@" &
 pid=$!
 trap 'kill -TERM "$pid" 2>/dev/null' TERM INT
-tail -n +1 -F --pid="$pid" "$KQI_JOB_LOGS/output.log" 2>/dev/null &
+tail -n +1 -s 0.5 -F "$KQI_JOB_LOGS/output.log" 2>/dev/null &
 tailpid=$!
 while :; do wait "$pid"; kill -0 "$pid" 2>/dev/null || break; done
-wait "$tailpid" 2>/dev/null
+sleep 1
+kill "$tailpid" 2>/dev/null
 exec "$1" -c 'import json, sys
 try:
     code = json.load(open(sys.argv[1])).get("exit_code")

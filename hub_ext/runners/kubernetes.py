@@ -259,9 +259,7 @@ class KubernetesRunner(JobRunner):
         await self.ensure_watching()
         batch = await self._batch()
         try:
-            resp = await batch.create_namespaced_job(
-                self.namespace, body, _preload_content=False
-            )
+            resp = await batch.create_namespaced_job(self.namespace, body, _preload_content=False)
             job = await resp.json()
         except ApiException as e:
             if e.status != 409:
@@ -297,7 +295,9 @@ class KubernetesRunner(JobRunner):
             return RunState("running")
         self._finished_seen.pop(job_id, None)
         if failed and failed.get("reason") == "DeadlineExceeded":
-            return RunState("exited", None, "timeout", "stopped: over its time limit (Job deadline)")
+            return RunState(
+                "exited", None, "timeout", "stopped: over its time limit (Job deadline)"
+            )
         if stop_asked:
             return RunState("exited", None, "stopped", "stopped on request")
         code, detail = await self._pod_outcome(job)
@@ -366,12 +366,15 @@ class KubernetesRunner(JobRunner):
             return ""
 
     async def log_text(self, owner: str, job_id: int, ref: dict[str, Any] | None = None) -> str:
-        """The job's log: from its running pod, else from the data volume."""
+        """The job's log: from its pod while the job runs, else from the data volume (where
+        the supervisor has written all of it once the status file is there)."""
         name = (ref or {}).get("job_name") or job_name(job_id)
-        try:
-            pods = await self.job_pods(name)
-        except Exception:
-            pods = []
+        pods: list[dict[str, Any]] = []
+        if self.recorded_status(owner, job_id) is None:
+            try:
+                pods = await self.job_pods(name)
+            except Exception as e:
+                self.log.debug("job %s: no pods listed: %s", job_id, e)
         for pod in pods:
             if (pod.get("status") or {}).get("phase") == "Running":
                 text = await self._pod_log(pod["metadata"]["name"])

@@ -2,6 +2,7 @@
 and KubernetesRunner use, and a fake kubelet + Job controller that moves pod and Job status.
 
 kmock 0.8's KubernetesEmulator stores objects and streams watch events, but leaves to its user:
+``watch=True`` as kubernetes_asyncio spells it,
 metadata the API server fills in (namespace, uid, resourceVersion, creationTimestamp), label
 selectors on list and watch, the ``log`` subresource, and everything controllers do. Those are
 added here, and nothing more; the objects themselves are kmock's.
@@ -27,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import aiohttp.web
 import attrs
 import kmock
 
@@ -61,6 +63,13 @@ class KubeAPI(kmock.KubernetesEmulator):
         self._version += 1
         return str(self._version)
 
+    async def __call__(self, raw_request: aiohttp.web.BaseRequest) -> Any:
+        # kubernetes_asyncio sends watch=True (Go's ParseBool takes it); kmock knows only 'true'
+        if raw_request.query.get("watch") == "True":
+            query = {**raw_request.query, "watch": "true"}
+            raw_request = raw_request.clone(rel_url=raw_request.rel_url.with_query(query))
+        return await super().__call__(raw_request)
+
     async def _handle(self, request: kmock.Request) -> Any:
         if request.resource is not None and isinstance(request.data, dict):
             if request.action == kmock.action.CREATE:
@@ -71,7 +80,9 @@ class KubeAPI(kmock.KubernetesEmulator):
                 meta["creationTimestamp"] = datetime.datetime.now(datetime.UTC).strftime(
                     "%Y-%m-%dT%H:%M:%SZ"
                 )
-                request.data.setdefault("status", {})
+                status = request.data.setdefault("status", {})
+                if request.resource.plural == "pods":
+                    status.setdefault("phase", "Pending")
             elif request.action == kmock.action.UPDATE:
                 request.data.setdefault("metadata", {})["resourceVersion"] = self._next_version()
         return await super()._handle(request)
@@ -108,6 +119,7 @@ class FakeKubelet:
         self.procs: dict[str, asyncio.subprocess.Process] = {}
         self.tasks: list[asyncio.Task] = []
         self.started: list[str] = []
+        self.seen: set[str] = set()
         self.hold_notebooks = False  # True: notebook pods stay Pending
 
     @property
@@ -124,14 +136,16 @@ class FakeKubelet:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
+        for p in self.procs.values():  # the node goes away: its processes end in this loop
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGKILL)
+            await p.wait()
+        await asyncio.sleep(0.05)
         for t in self.tasks:
             t.cancel()
         for t in self.tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
-        for p in self.procs.values():
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(p.pid, signal.SIGKILL)
         await self.session.close()
 
     def _spawn(self, coro: Any) -> None:
@@ -176,8 +190,10 @@ class FakeKubelet:
             if proc is not None and proc.returncode is None:
                 os.killpg(proc.pid, signal.SIGTERM)  # the kubelet's SIGTERM on deletion
             return
-        if kind != "ADDED" or (pod.get("status") or {}).get("phase"):
+        uid = pod["metadata"]["uid"]
+        if kind != "ADDED" or uid in self.seen:  # watches replay ADDED on reconnect
             return
+        self.seen.add(uid)
         self.started.append(name)
         if (pod["metadata"].get("labels") or {}).get("job-name"):
             self._spawn(self._run_job_pod(pod))

@@ -1,0 +1,1 @@
+"""Kubernetes test helpers: kmock shims with a fake kubelet, option sets, validation."""
