@@ -69,7 +69,8 @@ class KqiService(Application):
     runner_class = Type(
         "hub_ext.runners.LocalRunner",
         klass="hub_ext.runners.JobRunner",
-        help="How jobs run: hub_ext.runners.LocalRunner (processes on this machine).",
+        help="How jobs run: hub_ext.runners.LocalRunner (processes on this machine) or "
+        "hub_ext.runners.kubernetes.KubernetesRunner (batch/v1 Jobs).",
     ).tag(config=True)
     max_running_jobs = Integer(4, help="Jobs running at once on the whole platform.").tag(
         config=True
