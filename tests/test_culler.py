@@ -369,10 +369,11 @@ def test_dry_run_logs_decisions_and_stops_nothing(p: Platform, outcome: Outcome)
 SHORT = """
 c.KqiCuller.idle_timeout = 3600
 c.KqiCuller.no_access_timeout = 8
-c.KqiCuller.max_uptime = 30
+c.KqiCuller.max_uptime = 60
 """
-LIFETIME_HOURS = 0.005  # 18 s
-HUB_FROZEN = 5  # seconds the hub hangs while these servers approach their limits
+LIFETIME_HOURS = 0.01  # 36 s: longer than a spawn + opening JupyterLab on a loaded machine
+HUB_FROZEN = 8  # seconds the hub hangs (> every + api_timeout, so some pass must fail)
+SLACK = 20  # seconds a cull may come after its threshold on a loaded 2-core machine
 
 
 @pytest.fixture(scope="module")
@@ -437,24 +438,24 @@ def culler_pid(p: Platform) -> int:
 
 def test_uptime_rule(short_rules) -> None:
     e = short_rules["uptime"]
-    assert e["rule"] == "uptime" and e["measured"]["uptime_seconds"] >= 30
+    assert e["rule"] == "uptime" and e["measured"]["uptime_seconds"] >= 60
     up = parse_time(e["culled_at"]) - parse_time(e["server_started"])
-    assert 30 <= up.total_seconds() < 30 + 10
+    assert 60 <= up.total_seconds() < 60 + SLACK
     assert e["measured"]["no_browser_access_seconds"] < 5  # the tab was open
 
 
 def test_no_access_rule(short_rules) -> None:
     e = short_rules["no-access"]
     assert e["rule"] == "no-access" and e["measured"]["access_source"] == "start"
-    assert 8 <= e["measured"]["no_browser_access_seconds"] < 8 + 10
-    assert e["measured"]["uptime_seconds"] < 30
+    assert 8 <= e["measured"]["no_browser_access_seconds"] < 8 + SLACK
+    assert e["measured"]["uptime_seconds"] < 60
 
 
 def test_lifetime_rule(short_rules) -> None:
     e = short_rules["lifetime"]
     assert e["rule"] == "lifetime" and e["measured"]["lifetime_hours"] == LIFETIME_HOURS
     lived = parse_time(e["culled_at"]) - parse_time(e["server_started"])
-    assert LIFETIME_HOURS * 3600 <= lived.total_seconds() < LIFETIME_HOURS * 3600 + 10
+    assert LIFETIME_HOURS * 3600 <= lived.total_seconds() < LIFETIME_HOURS * 3600 + SLACK
 
 
 def test_culler_survives_the_hub_failing(short_rules) -> None:
