@@ -24,7 +24,8 @@ DEFAULT_WATCH = ("python", "papermill", "pt_main_thread", "lmp_serial", "lmp", "
 #: Rules in the order DESIGN.md gives them; the first that holds is the recorded reason.
 RULES = ("uptime", "no-access", "lifetime", "idle")
 #: Kernel states that count as idle; "starting", "busy", "restarting", ... do not.
-IDLE_KERNEL_STATES = frozenset({"idle", "dead"})
+#: "starting": a kernel no client ever connected to (started through the REST API) runs no code
+IDLE_KERNEL_STATES = frozenset({"idle", "dead", "starting"})
 
 
 def utc(dt: datetime) -> datetime:

@@ -98,6 +98,9 @@ def _proxy_url(_spawner) -> str:
     return proxy_origin(JupyterHub.instance().bind_url)
 
 
+# the admin dashboard of the kqi service probes running servers through the proxy too
+c.JupyterHub.services[0]["environment"]["KQI_PROXY_URL"] = _proxy_url
+
 c.JupyterHub.services.append(
     {
         "name": "kqi-culler",
@@ -125,8 +128,9 @@ c.JupyterHub.load_roles = [
     },
     {
         "name": "kqi-service",
-        "description": "the kqi service reads users and their groups to decide who may bind what",
-        "scopes": ["read:users", "read:groups"],
+        "description": "the kqi service reads users and their groups to decide who may bind "
+        "what, and probes running servers' activity for the admin dashboard",
+        "scopes": ["read:users", "read:groups", "list:users", "read:servers", "access:servers"],
         "services": ["kqi"],
     },
     {"name": "user", "scopes": ["self", "access:services!service=kqi"]},

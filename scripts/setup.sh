@@ -19,6 +19,7 @@ command -v node >/dev/null || need+=(nodejs)
 command -v npm >/dev/null || need+=(npm)
 if [[ -n "$extras" ]]; then
   command -v lmp >/dev/null || need+=(lammps)  # tests: LAMMPS is on the culler's watch list
+  [[ -x /usr/bin/chromium ]] || need+=(chromium)  # browser tests (Playwright drives it)
 fi
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 need+=("${apt_extra[@]}")
@@ -47,5 +48,23 @@ echo "setup: installing kqi-hub${extras} into .venv"
 if [[ ! -x .venv/node_modules/.bin/configurable-http-proxy ]]; then
   echo "setup: installing configurable-http-proxy (npm) into .venv"
   npm install --prefix .venv --no-fund --no-audit --loglevel=error configurable-http-proxy@5 >/dev/null
+fi
+# the JupyterLab extension: built with npm when missing or older than its sources (the wheel
+# ships the built copy); this environment's JupyterLab loads it from the source tree by a link
+ext=labextension/kqi_hub_labextension
+if [[ ! -f $ext/package.json ]] || [[ -n $(find labextension/src labextension/style \
+    labextension/schema labextension/package.json -newer $ext/package.json -print -quit) ]]; then
+  echo "setup: building the JupyterLab extension (npm install + npm run build)"
+  log=$(mktemp)
+  if ! (cd labextension && export PATH="$PWD/../.venv/bin:$PATH" \
+      && npm install --no-fund --no-audit --loglevel=error && npm run clean && npm run build) \
+      >"$log" 2>&1; then
+    tail -40 "$log"; echo "setup: building the JupyterLab extension failed"; exit 1
+  fi
+  rm -f "$log"
+fi
+labext=.venv/share/jupyter/labextensions/kqi-hub-labextension
+if [[ "$(readlink "$labext" 2>/dev/null)" != "$PWD/$ext" ]]; then
+  rm -rf "$labext" && mkdir -p "$(dirname "$labext")" && ln -s "$PWD/$ext" "$labext"
 fi
 echo "setup: done"

@@ -47,3 +47,6 @@ def platform() -> Iterator[Platform]:
 def plain_platform() -> Iterator[Platform]:
     """The embedded platform without bubblewrap: per-server folder of links + KQI_ROOT."""
     yield from _platform("plain", "none")
+
+
+from .pw import chromium, page  # noqa: E402,F401  (browser fixtures for the browser suites)

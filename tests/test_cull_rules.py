@@ -63,11 +63,20 @@ def test_never_opened_server_counts_from_its_start() -> None:
     assert not decide(at(100.5), TH, server(), activity()).cull
 
 
-@pytest.mark.parametrize("state", ["busy", "starting", "restarting"])
+@pytest.mark.parametrize("state", ["busy", "restarting"])
 def test_busy_kernel_keeps_server_forecast_falls_to_no_access(state: str) -> None:
     d = decide(at(400), TH, server(), activity(access=0, kernels=[Kernel("k1", state, at(5))]))
     assert not d.cull and d.rule == "no-access" and d.at == at(500)
     assert f"kernel k1 is {state}" in d.why and d.measured["busy_kernels"] == 1
+
+
+def test_kernel_nobody_connected_to_counts_as_idle() -> None:
+    # started through the REST API and never connected: it stays "starting" and runs no code
+    act = activity(access=0, kernels=[Kernel("k1", "starting", at(5))])
+    assert decide(at(150), TH, server(), act).rule == "idle"
+    assert not decide(
+        at(100), TH, server(), activity(access=0, kernels=[Kernel("k1", "starting", at(50))])
+    ).cull
 
 
 def test_recent_kernel_activity_delays_idle() -> None:

@@ -16,7 +16,7 @@ from traitlets import Dict, Float, Integer, List, Type, Unicode, default
 from traitlets.config import Application
 
 from ..options import DEFAULT_PROFILES, Profile
-from . import culls, handlers, jobs
+from . import culls, dashboard, handlers, jobs
 from .catalog import Catalog
 from .db import make_session_factory, migrate
 from .hubapi import HubClient
@@ -138,11 +138,12 @@ class KqiService(Application):
     def make_app(self) -> web.Application:
         p = self.service_prefix
         routes = [
-            (p, handlers.IndexHandler),
+            (p, dashboard.DashboardHandler),
             (url_path_join(p, "oauth_callback"), HubOAuthCallbackHandler),
             (url_path_join(p, "api/datasets"), handlers.DatasetsHandler),
             (url_path_join(p, "api/profiles"), handlers.ProfilesHandler),
             (url_path_join(p, "api/cull-events"), culls.CullEventsHandler),
+            (url_path_join(p, "api/activity"), dashboard.ActivityHandler),
             (url_path_join(p, "api/jobs"), jobs.JobsHandler),
             (url_path_join(p, r"api/jobs/(\d+)"), jobs.JobHandler),
             (url_path_join(p, r"api/jobs/(\d+)/stop"), jobs.StopHandler),

@@ -8,7 +8,7 @@ from typing import Any
 
 from jupyterhub.services.auth import HubOAuthenticated
 from sqlalchemy import select
-from tornado import escape, web
+from tornado import web
 
 from ..layout import JobRef, plan_notebook
 from ..options import Context, OptionsError, requested_job_ids, validate_options
@@ -120,12 +120,21 @@ class FormDataHandler(InternalHandler):
 
     async def get(self) -> None:
         user = await self.user_info(self.get_argument("user"))
+        from .culls import CullEvent  # culls imports this module
+
         ctx = self.context_for(user, set())
         datasets = self.kqi.catalog.scan()
         with self.kqi.session() as s:
             jobs = s.scalars(
                 select(Job).where(Job.owner == user.name).order_by(Job.id.desc()).limit(200)
             ).all()
+            # the spawn page says why the user's last server was stopped automatically
+            last_cull = s.scalars(
+                select(CullEvent)
+                .where(CullEvent.user == user.name)
+                .order_by(CullEvent.id.desc())
+                .limit(1)
+            ).first()
         self.write_json(
             {
                 "profiles": [p.to_dict() for p in ctx.profiles.values()],
@@ -137,6 +146,7 @@ class FormDataHandler(InternalHandler):
                 "max_datasets": ctx.max_datasets,
                 "max_lifetime_hours": ctx.max_lifetime_hours,
                 "git_schemes": list(ctx.git_schemes),
+                "last_cull": last_cull.to_dict() if last_cull else None,
             }
         )
 
@@ -168,16 +178,4 @@ class PlanHandler(InternalHandler):
                 "profile": ctx.profiles[valid.profile].to_dict(),
                 "plan": plan.to_dict(),
             }
-        )
-
-
-class IndexHandler(UserHandler):
-    @web.authenticated
-    async def get(self) -> None:
-        user = await self.caller()
-        self.set_header("Content-Type", "text/html")
-        self.finish(
-            "<!doctype html><title>kqi</title><h1>kqi service</h1>"
-            f"<p>Logged in as {escape.xhtml_escape(user.name)}. API: "
-            '<a href="api/datasets">datasets</a>, <a href="api/profiles">profiles</a>.</p>'
         )

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from html import escape
 from typing import Any
 
+from culler.rules import parse_time
+
 
 def _size(n: int) -> str:
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
@@ -35,6 +37,8 @@ def render_form(
     prev = dict(previous or {})
     e = escape
     out: list[str] = ['<div class="kqi-form">']
+    if data.get("last_cull"):
+        out.append(last_cull_note(data["last_cull"]))
     if for_user:
         out.append(f'<p class="text-muted">Options for <strong>{e(for_user)}</strong>.</p>')
 
@@ -129,6 +133,19 @@ def render_form(
     )
     out.append("</div>")
     return "\n".join(out)
+
+
+def last_cull_note(event: Mapping[str, Any]) -> str:
+    """Why the user's last server was stopped automatically, so nobody wonders where it went."""
+    when = parse_time(event.get("culled_at"))
+    when_text = when.strftime("%Y-%m-%d %H:%M UTC") if when else "an unknown time"
+    server = f" ({escape(event['server'])})" if event.get("server") else ""
+    reason = f" — {escape(event['reason'])}" if event.get("reason") else ""
+    return (
+        '<div class="alert alert-warning kqi-last-cull" role="status">'
+        f"Your last server{server} was stopped automatically on {when_text} because: "
+        f"<strong>{escape(str(event.get('rule', '')))}</strong>{reason}</div>"
+    )
 
 
 def _job_select(
