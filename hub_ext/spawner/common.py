@@ -33,6 +33,23 @@ class KqiSpawnerMixin(HasTraits):
     #: Said in the form and the log when the spawner cannot enforce the profile's limits.
     limits_note = ""
 
+    #: KQI_SERVER_ID of the running server (kept in the hub's state across hub restarts)
+    kqi_server_id = ""
+
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self.kqi_server_id:
+            state["kqi_server_id"] = self.kqi_server_id
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.kqi_server_id = state.get("kqi_server_id", "")
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.kqi_server_id = ""
+
     async def _kqi_call(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
         req = HTTPRequest(
             self.kqi_service_url.rstrip("/") + "/" + path,

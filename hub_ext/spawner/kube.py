@@ -95,9 +95,6 @@ class KqiKubeSpawner(KqiSpawnerMixin, KubeSpawner):
             data_claim=self.data_claim, kqi_root=self.kqi_root, gpu_resource=self.gpu_resource
         )
 
-    #: KQI_SERVER_ID of this start (the activity probe marks the server's processes with it)
-    kqi_server_id = ""
-
     async def load_user_options(self) -> None:
         """kubespawner's profile_list is not used: the kqi service validated the options in
         apply_user_options; a start without them (e.g. after a hub restart) asks again."""
@@ -168,17 +165,3 @@ class KqiKubeSpawner(KqiSpawnerMixin, KubeSpawner):
             metadata=get_k8s_model(V1ObjectMeta, pod["metadata"]),
             spec=pod["spec"],
         )
-
-    def get_state(self) -> dict:
-        state = super().get_state()
-        if self.kqi_server_id:
-            state["kqi_server_id"] = self.kqi_server_id
-        return state
-
-    def load_state(self, state: dict) -> None:
-        super().load_state(state)
-        self.kqi_server_id = state.get("kqi_server_id", "")
-
-    def clear_state(self) -> None:
-        super().clear_state()
-        self.kqi_server_id = ""

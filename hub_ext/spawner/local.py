@@ -57,23 +57,6 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         "memory and workspace sizes are not enforced (they are on Kubernetes)."
     )
 
-    #: KQI_SERVER_ID of the running server (kept in the hub's state across hub restarts)
-    kqi_server_id = ""
-
-    def get_state(self) -> dict:
-        state = super().get_state()
-        if self.kqi_server_id:
-            state["kqi_server_id"] = self.kqi_server_id
-        return state
-
-    def load_state(self, state: dict) -> None:
-        super().load_state(state)
-        self.kqi_server_id = state.get("kqi_server_id", "")
-
-    def clear_state(self) -> None:
-        super().clear_state()
-        self.kqi_server_id = ""
-
     @default("home_dir")
     def _home(self) -> str:
         return os.path.join(self.data_root, user_dir(self.user.name), "home")
