@@ -19,20 +19,14 @@ from fnmatch import fnmatchcase
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from hub_ext.jobspec import JOB_KEYS
+
 MODES = ("script", "notebook-script", "papermill")
 #: Folders never sent: editor and tool state, not code.
 SKIP_DIRS = frozenset({".ipynb_checkpoints", "__pycache__", ".git"})
-#: Job spec fields passed through to the service unchanged.
-SPEC_FIELDS = (
-    "name",
-    "profile",
-    "datasets",
-    "parent",
-    "purpose",
-    "env",
-    "timeout_seconds",
-    "notify_url",
-)
+#: Job spec fields passed through to the service unchanged: the service's own list, less the
+#: command (built here from the mode), so the two cannot drift apart.
+SPEC_FIELDS = tuple(k for k in JOB_KEYS if k != "command")
 DEFAULT_MAX_BYTES = 200 * 2**20
 #: The job's output folder; KQI_ROOT differs from /kqi only where /kqi cannot be mounted.
 OUTPUT_DIR = '"${KQI_ROOT:-/kqi}"/output/'
