@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 extras=""
 apt_extra=()  # more apt packages for later capabilities
 if [[ "${1:-}" == "--test" ]]; then
-  extras="[test,kubernetes]"  # kubernetes: KqiKubeSpawner and its tests
+  extras="[test,kubernetes${KQI_SETUP_EXTRAS:+,$KQI_SETUP_EXTRAS}]"  # kubernetes: KqiKubeSpawner
 fi
 
 need=()

@@ -1,0 +1,1 @@
+"""Benchmarks against named anchors (``./run-benchmarks.sh``; never collected by pytest)."""
