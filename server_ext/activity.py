@@ -3,9 +3,9 @@
 Browser access is any request or websocket message authenticated by the hub's OAuth cookie
 (JupyterLab also sends that cookie's token as a header: it counts too); API tokens, such as
 the culler's own, are not browser access. Kernels come from the kernel manager. Watched
-processes are found with psutil among this server's processes: its descendants and anything
-carrying this start's KQI_SERVER_ID (nohup/setsid children of a closed terminal keep it),
-never the server itself, its wrappers or its kernels (excluded by PID, not by name).
+processes (server_ext.procscan) are this server's: its descendants and anything carrying
+this start's KQI_SERVER_ID (nohup/setsid children of a closed terminal keep it), never the
+server itself, its wrappers or its kernels (excluded by PID, not by name).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from datetime import datetime, timezone
 from inspect import isawaitable
 from typing import Any
 
-import psutil
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
 from tornado.websocket import WebSocketHandler
@@ -30,10 +29,10 @@ from culler.rules import (
     WatchedProcess,
     decide,
     parse_lifetime_hours,
-    watch_match,
 )
 
-MARKER = "KQI_SERVER_ID"
+from . import procscan
+from .procscan import MARKER
 
 
 class BrowserAccess:
@@ -121,36 +120,9 @@ def kernel_states(kernel_manager: Any) -> tuple[list[Kernel], set[int]]:
 def watched_processes(
     server_pid: int, kernel_pids: set[int], marker: str, watch: tuple[str, ...]
 ) -> list[WatchedProcess]:
-    """Processes of this server that match the watch list (see the module docstring)."""
-    me = psutil.Process(server_pid)
-    excluded = {server_pid, *kernel_pids, *(p.pid for p in me.parents())}
-    try:
-        descendants = {p.pid for p in me.children(recursive=True)}
-    except psutil.Error:
-        descendants = set()
-    found = []
-    for p in psutil.process_iter(["name", "cmdline"]):
-        if p.pid in excluded:
-            continue
-        name, cmdline = p.info["name"] or "", p.info["cmdline"] or []
-        if watch_match(name, cmdline, watch) is None or not _alive(p):
-            continue
-        if p.pid not in descendants:
-            try:  # left the tree (nohup, setsid): ours if it carries our marker
-                if not marker or p.environ().get(MARKER) != marker:
-                    continue
-            except psutil.Error:
-                continue  # another account's or a vanished process: not ours
-        found.append(WatchedProcess(p.pid, name, tuple(cmdline)))
-    return found
-
-
-def _alive(p: psutil.Process) -> bool:
-    """Running (a zombie has ended: only its exit status is left for its parent)."""
-    try:
-        return p.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
+    """Processes of this server that match the watch list (see the module docstring), by
+    pid; one pass over /proc on Linux (server_ext.procscan), psutil elsewhere."""
+    return procscan.watched(server_pid, kernel_pids, marker, watch)
 
 
 class ActivityState:

@@ -1,0 +1,233 @@
+"""Finding a server's watched processes in one pass over ``/proc`` (Linux).
+
+The activity route runs this on every culler probe and every ``kqi status``, with possibly
+thousands of processes present. psutil (the fallback elsewhere) reads each process several
+times over (``process_iter``, ``children``, ``parents``, ``status``), so on Linux we read each
+``/proc/<pid>/stat`` once (parent, name, state), build the tree from the parent map, and read
+``cmdline`` only for this server's descendants and ``environ`` only for other processes, when
+the server has a marker. The answers are psutil's: same name, command line and environment
+parsing, same rule (culler.rules.watch_match).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
+
+import psutil
+
+from culler.rules import WatchedProcess, watch_match
+
+MARKER = "KQI_SERVER_ID"
+PROC = "/proc"
+#: characters with which shlex (inside watch_match) can make a word that is no substring
+_SHLEX_SPECIAL = ("'", '"', "\\")
+
+Matcher = Callable[[str, Sequence[str], Iterable[str]], "str | None"]
+
+
+# -- pure parsing (psutil's rules) ---------------------------------------------------------------
+def parse_stat(data: bytes) -> tuple[bytes, bytes, int]:
+    """(name, state, ppid) of a ``/proc/<pid>/stat`` line. The name sits between the first
+    ``(`` and the last ``)``: it may hold spaces and parentheses itself."""
+    rpar = data.rfind(b")")
+    fields = data[rpar + 2 :].split(None, 2)
+    return data[data.find(b"(") + 1 : rpar], fields[0], int(fields[1])
+
+
+def parse_cmdline(data: bytes) -> list[str]:
+    """The arguments of a ``/proc/<pid>/cmdline``. NUL-separated, except when a process
+    rewrote its title with spaces (setproctitle): then split on spaces, as psutil does."""
+    text = os.fsdecode(data)
+    if not text:
+        return []
+    sep = "\x00" if text.endswith("\x00") else " "
+    if text.endswith(sep):
+        text = text[:-1]
+    args = text.split(sep)
+    if sep == "\x00" and len(args) == 1 and " " in text:
+        args = text.split(" ")
+    return args
+
+
+def environ_value(data: bytes, key: bytes) -> bytes | None:
+    """The last value of ``key`` in a ``/proc/<pid>/environ`` block (a NUL at the start or
+    two in a row end the block, as in psutil)."""
+    value, prefix = None, key + b"="
+    for entry in data.split(b"\x00"):
+        if not entry:
+            break
+        if entry.startswith(prefix):
+            value = entry[len(prefix) :]
+    return value
+
+
+def full_name(name: str, cmdline: Sequence[str]) -> str:
+    """The kernel cuts names at 15 characters; the program's base name when it starts with
+    the cut name (psutil's ``name()``: ``gnome-keyring-d`` -> ``gnome-keyring-daemon``)."""
+    if len(name) >= 15 and cmdline:
+        extended = os.path.basename(cmdline[0])
+        if extended.startswith(name):
+            return extended
+    return name
+
+
+def could_match(name: str, cmdline: Sequence[str], watch: Sequence[str]) -> bool:
+    """False only where watch_match surely finds nothing: every name it tries contains its
+    entry and is a part of the name or of one argument, unless shlex joined pieces (quotes,
+    backslashes). Saves the regular expressions for the many processes that are no match."""
+    text = "\x00".join((name, *cmdline))
+    if any(c in text for c in _SHLEX_SPECIAL):
+        return True
+    return any(entry in text for entry in watch)
+
+
+def descendants(ppids: Mapping[int, int], root: int) -> set[int]:
+    """Every process below ``root`` in the parent map."""
+    children: dict[int, list[int]] = {}
+    for pid, ppid in ppids.items():
+        children.setdefault(ppid, []).append(pid)
+    found: set[int] = set()
+    todo = list(children.get(root, ()))
+    while todo:
+        pid = todo.pop()
+        if pid not in found and pid != root:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
+    return found
+
+
+def ancestors(ppids: Mapping[int, int], pid: int) -> set[int]:
+    """The parents of ``pid`` up to the top (the server's wrappers: never watched)."""
+    found: set[int] = set()
+    while (pid := ppids.get(pid, 0)) > 0 and pid not in found:
+        found.add(pid)
+    return found
+
+
+# -- reading /proc -------------------------------------------------------------------------------
+def _read(path: str) -> bytes | None:
+    """A whole /proc file; None if the process is gone or not ours to read."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        chunks = []
+        while chunk := os.read(fd, 131072):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_stat(pid: str) -> bytes | None:
+    """One read: a stat line is far shorter than 4 KiB."""
+    try:
+        fd = os.open(f"{PROC}/{pid}/stat", os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 4096)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def scan_proc(
+    server_pid: int,
+    excluded: Iterable[int],
+    marker: str,
+    watch: Sequence[str],
+    match: Matcher = watch_match,
+) -> list[WatchedProcess]:
+    """The watched processes of the server ``server_pid`` from /proc, by pid."""
+    ppids: dict[int, int] = {}
+    stats: dict[int, tuple[bytes, bytes]] = {}
+    for entry in os.listdir(PROC):
+        if not entry.isdigit():
+            continue
+        data = _read_stat(entry)
+        if not data:
+            continue  # ended meanwhile
+        name, state, ppid = parse_stat(data)
+        pid = int(entry)
+        ppids[pid] = ppid
+        stats[pid] = (name, state)
+    mine = descendants(ppids, server_pid)
+    skip = {server_pid, *excluded, *ancestors(ppids, server_pid)}
+    marker_b = os.fsencode(marker) if marker else b""
+    key = os.fsencode(MARKER)
+    watch = tuple(watch)
+    found = []
+    for pid in sorted(stats):
+        name_b, state = stats[pid]
+        if pid in skip or state == b"Z":  # a zombie has ended
+            continue
+        if pid not in mine:  # left the tree (nohup, setsid): ours if it carries our marker
+            if not marker_b:
+                continue
+            env = _read(f"{PROC}/{pid}/environ")  # another account's: unreadable, not ours
+            if not env or marker_b not in env or environ_value(env, key) != marker_b:
+                continue
+        data = _read(f"{PROC}/{pid}/cmdline")
+        if data is None:
+            continue
+        cmdline = parse_cmdline(data)
+        name = full_name(os.fsdecode(name_b), cmdline)
+        if could_match(name, cmdline, watch) and match(name, cmdline, watch) is not None:
+            found.append(WatchedProcess(pid, name, tuple(cmdline)))
+    return found
+
+
+# -- elsewhere: psutil ---------------------------------------------------------------------------
+def scan_psutil(
+    server_pid: int,
+    excluded: Iterable[int],
+    marker: str,
+    watch: Sequence[str],
+    match: Matcher = watch_match,
+) -> list[WatchedProcess]:
+    """The same answer through psutil, where there is no /proc."""
+    me = psutil.Process(server_pid)
+    skip = {server_pid, *excluded, *(p.pid for p in me.parents())}
+    try:
+        mine = {p.pid for p in me.children(recursive=True)}
+    except psutil.Error:
+        mine = set()
+    found = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        if p.pid in skip:
+            continue
+        name, cmdline = p.info["name"] or "", p.info["cmdline"] or []
+        if match(name, cmdline, watch) is None or not _alive(p):
+            continue
+        if p.pid not in mine:
+            try:
+                if not marker or p.environ().get(MARKER) != marker:
+                    continue
+            except psutil.Error:
+                continue
+        found.append(WatchedProcess(p.pid, name, tuple(cmdline)))
+    return found
+
+
+def _alive(p: psutil.Process) -> bool:
+    """Running (a zombie has ended: only its exit status is left for its parent)."""
+    try:
+        return p.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def watched(
+    server_pid: int, excluded: Iterable[int], marker: str, watch: Sequence[str]
+) -> list[WatchedProcess]:
+    """/proc where there is one, psutil elsewhere."""
+    if sys.platform.startswith("linux") and os.path.isdir(f"{PROC}/{server_pid}"):
+        return scan_proc(server_pid, excluded, marker, watch)
+    return scan_psutil(server_pid, excluded, marker, watch)
