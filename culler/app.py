@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote, urlencode, urlsplit
 
-from tornado.httpclient import AsyncHTTPClient, HTTPClientError, HTTPRequest
+import aiohttp
 from traitlets import Bool, Float, Integer, List, Unicode, default
 from traitlets.config import Application, Config
 from traitlets.config.loader import DeferredConfigString
@@ -78,6 +78,10 @@ class KqiCuller(Application):
             {"KqiCuller": {"dry_run": True}},
             "Log the decisions without stopping any server.",
         ),
+        "once": (
+            {"KqiCuller": {"once": True}},
+            "Make one pass, log its summary and exit (1 if the pass failed).",
+        ),
     }
 
     max_uptime = Float(
@@ -102,6 +106,11 @@ class KqiCuller(Application):
     every = Float(60, help="Seconds between two passes over the running servers.").tag(config=True)
     concurrency = Integer(10, help="Servers probed at the same time.").tag(config=True)
     dry_run = Bool(False, help="Log the decisions without stopping any server.").tag(config=True)
+    once = Bool(
+        False,
+        help="""Make one pass and exit: for cron, or to see at once what new rules would do
+        (with --dry-run).""",
+    ).tag(config=True)
     probe_timeout = Float(
         10, help="Seconds one activity probe may take; a failed probe means no idle cull."
     ).tag(config=True)
@@ -146,6 +155,8 @@ class KqiCuller(Application):
     def _log_format(self) -> str:
         return "[kqi-culler %(asctime)s %(levelname)s] %(message)s"
 
+    _session: aiohttp.ClientSession | None = None
+
     def initialize(self, argv: list[str] | None = None) -> None:
         self.log_level = logging.INFO  # one line per decision is the point; --log-level wins
         super().initialize(argv)
@@ -177,34 +188,40 @@ class KqiCuller(Application):
             "Authorization": f"token {self.api_token}",
             "Accept": "application/jupyterhub-pagination+json, application/json",
         }
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        req = HTTPRequest(
-            url,
-            method=method,
-            headers=headers,
-            body=None if body is None else json.dumps(body),
-            allow_nonstandard_methods=True,
-            request_timeout=timeout or self.api_timeout,
-            connect_timeout=timeout or self.api_timeout,
-        )
+        if self._session is None or self._session.closed:
+            # kept-alive connections: a probe then costs the proxy and us one request, not a
+            # TCP connection each (a pass is mostly probes)
+            connector = aiohttp.TCPConnector(limit=self.concurrency + 2)
+            self._session = aiohttp.ClientSession(connector=connector)
         try:
-            resp = await AsyncHTTPClient().fetch(req)
-        except HTTPClientError as e:
-            detail = e.response.body[:200].decode(errors="replace") if e.response else e.message
-            raise HubError(f"{method} {url}: {e.code} {detail}") from e
-        except (OSError, asyncio.TimeoutError) as e:
-            raise HubError(f"{method} {url}: {e}") from e
-        return json.loads(resp.body) if resp.body else None
+            async with self._session.request(
+                method,
+                url,
+                headers=headers,
+                json=body,
+                timeout=aiohttp.ClientTimeout(total=timeout or self.api_timeout),
+            ) as resp:
+                data = await resp.read()
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as e:
+            raise HubError(f"{method} {url}: {e!r}") from e
+        if resp.status >= 400:
+            detail = data[:200].decode(errors="replace")
+            raise HubError(f"{method} {url}: {resp.status} {detail}")
+        return json.loads(data) if data else None
 
     def _hub(self, path: str) -> str:
         return self.hub_api_url.rstrip("/") + "/" + path
 
     async def running_servers(self) -> AsyncIterator[tuple[ServerRecord, str]]:
-        """Each ready server as (hub record, its URL path), paging through the users API."""
+        """Each ready server as (hub record, its URL path), paging through the users API.
+
+        The first page is small (twice the probe concurrency), so that probing starts while
+        the hub still serializes the next, full pages."""
         offset = 0
+        limit = min(self.page_size, 2 * self.concurrency)
         while True:
-            query = urlencode({"state": "active", "offset": offset, "limit": self.page_size})
+            query = urlencode({"state": "active", "offset": offset, "limit": limit})
+            limit = self.page_size
             page = await self._fetch("GET", self._hub(f"users?{query}"))
             users = page["items"] if isinstance(page, dict) else page
             for user in users:
@@ -260,40 +277,71 @@ class KqiCuller(Application):
         await self._fetch("POST", self.kqi_service_url.rstrip("/") + "/api/cull-events", event)
 
     # -- the loop -------------------------------------------------------------------------
-    async def handle(self, record: ServerRecord, path: str, sem: asyncio.Semaphore) -> None:
-        """Probe, decide, log one line, and act; errors stay with this server."""
+    async def handle(
+        self, record: ServerRecord, path: str, sem: asyncio.Semaphore, listed: asyncio.Event
+    ) -> str:
+        """Probe, decide, log one line, and act; errors stay with this server. Returns what
+        happened: kept, culled, would-cull, failed."""
         async with sem:
             activity = await self.probe(record, path)
         now = datetime.now(timezone.utc)
         decision = decide(now, self.thresholds, record, activity)
         if not decision.cull:
             self.log.info("keep %s: %s", record.label, decision.why)
-            return
+            return "kept" if activity is not None else "unprobed"
         if self.dry_run:
             self.log.info(
                 "would cull %s (dry run): %s: %s", record.label, decision.rule, decision.why
             )
-            return
+            return "would-cull"
+        # stop only once the listing is complete: a stop shifts the hub's pages (the user
+        # leaves state=active), and a later page must not skip anyone
+        await listed.wait()
         self.log.info("cull %s: %s: %s", record.label, decision.rule, decision.why)
         try:
             await self.stop(record)
         except HubError as e:
             self.log.error("could not stop %s: %s", record.label, e)
-            return
+            return "failed"
         try:
             await self.record(record, decision, culled_at=now)
         except HubError as e:
             self.log.error("stopped %s but could not record the cull: %s", record.label, e)
+        return "culled"
 
-    async def cull_once(self) -> int:
-        """One pass over the running servers; returns how many were judged."""
-        servers = [item async for item in self.running_servers()]  # all pages, or raise
+    async def cull_once(self) -> dict[str, int]:
+        """One pass over the running servers; returns how many ended how.
+
+        Probing starts with the first page of users while the next pages are fetched, so a
+        pass takes about as long as the probes themselves. A listing that fails midway
+        cancels the pass (nothing stopped): it raises.
+        """
+        began = time.monotonic()
         sem = asyncio.Semaphore(self.concurrency)
-        tasks = [asyncio.create_task(self.handle(record, path, sem)) for record, path in servers]
+        listed = asyncio.Event()
+        tasks: list[asyncio.Task] = []
+        try:
+            async for record, path in self.running_servers():
+                tasks.append(asyncio.create_task(self.handle(record, path, sem, listed)))
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
+        listed.set()
+        counts: dict[str, int] = {}
         for result in await asyncio.gather(*tasks, return_exceptions=True):
-            if isinstance(result, Exception):
+            if isinstance(result, BaseException):
                 self.log.error("error in a cull decision: %r", result)
-        return len(tasks)
+                result = "failed"
+            counts[result] = counts.get(result, 0) + 1
+        self.log.info(
+            "pass over %d servers in %.2f s: %s",
+            len(tasks),
+            time.monotonic() - began,
+            ", ".join(f"{n} {what}" for what, n in sorted(counts.items())) or "none running",
+        )
+        return counts
 
     async def loop(self) -> None:
         self.log.info(
@@ -305,12 +353,24 @@ class KqiCuller(Application):
             ",".join(self.watch),
             " (dry run: nothing is stopped)" if self.dry_run else "",
         )
+        try:
+            await self._passes()
+        finally:
+            if self._session is not None:
+                await self._session.close()
+
+    async def _passes(self) -> None:
         while True:
             began = time.monotonic()
             try:
                 await self.cull_once()
             except Exception as e:  # a hub error must never end the loop
+                if self.once:
+                    self.log.error("pass failed: %s", e)
+                    raise SystemExit(1) from e
                 self.log.error("pass failed, trying again in %g s: %s", self.every, e)
+            if self.once:
+                return
             await asyncio.sleep(max(0.0, self.every - (time.monotonic() - began)))
 
     def start(self) -> None:

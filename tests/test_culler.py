@@ -5,6 +5,7 @@ observation window (a browser keeps each open while it is set up, then the tab c
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -363,6 +364,28 @@ def test_dry_run_logs_decisions_and_stops_nothing(p: Platform, outcome: Outcome)
     assert f"would cull {user}/ (dry run): uptime: up " in out, out
     assert out.count(f"would cull {user}/") >= 2  # one line per decision, every pass
     assert running(p, user) and len(events(p, outcome.admin)) == before
+
+
+def test_once_makes_one_pass_with_a_summary_and_exits(p: Platform, outcome: Outcome) -> None:
+    user = SCENARIOS["busy-kernel"].user
+    done = subprocess.run(
+        [sys.executable, "-m", "culler", "--once", "--dry-run", "--max-uptime=1"],
+        env=_culler_env(p),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count(f"would cull {user}/ (dry run): uptime: up ") == 1
+    summary = re.search(r"pass over (\d+) servers in [\d.]+ s: (.*)", done.stderr)
+    assert summary and int(summary[1]) >= 1 and "would-cull" in summary[2], done.stderr
+    assert running(p, user)
+    # a hub that cannot be reached: the pass fails, and so does the command
+    env = dict(_culler_env(p), JUPYTERHUB_API_URL="http://127.0.0.1:9/hub/api")
+    failed = subprocess.run(
+        [sys.executable, "-m", "culler", "--once"], env=env, capture_output=True, text=True
+    )
+    assert failed.returncode == 1 and "pass failed" in failed.stderr, failed.stderr
 
 
 # -- rules 1-3 with short thresholds, on a platform of their own -----------------------------------
