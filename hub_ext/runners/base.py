@@ -8,6 +8,7 @@ after a restart goes into ``runner_ref`` (stored with the job) or the job's fold
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,13 @@ class JobRunner(LoggingConfigurable):
     stop_grace = Float(10, help="Seconds between SIGTERM and SIGKILL when a job is stopped.").tag(
         config=True
     )
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(**kwargs)
+        #: called (no arguments) when a job may have ended, so the service polls it at once
+        #: instead of at its next periodic tick; the service sets it. Runners that cannot
+        #: tell never call it and are polled on the tick alone.
+        self.on_change: Callable[[], None] = lambda: None
 
     def job_path(self, owner: str, job_id: int) -> Path:
         return Path(self.data_root) / job_dir(owner, job_id)

@@ -24,6 +24,10 @@ from traitlets import CaselessStrEnum, Unicode
 from ..materialize import build_link_tree, bwrap_args, missing_sources
 from .base import JobLaunch, JobRunner, RunState
 
+#: run by path, not ``-m hub_ext.runners.supervise``: that would import the runners package
+#: (traitlets, the layout...), half a second before each job could start
+SUPERVISOR = str(Path(__file__).with_name("supervise.py"))
+
 
 class LocalRunner(JobRunner):
     isolation = CaselessStrEnum(
@@ -37,6 +41,7 @@ class LocalRunner(JobRunner):
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
         self._children: dict[int, subprocess.Popen] = {}
+        self._watched: dict[int, int] = {}  # job id -> pidfd of its supervisor
 
     def use_bubblewrap(self) -> bool:
         found = shutil.which(self.bwrap_path) is not None
@@ -87,8 +92,8 @@ class LocalRunner(JobRunner):
         env.update(KQI_ROOT=root, HOME=f"{root}/code")
         argv = [
             sys.executable,
-            "-m",
-            "hub_ext.runners.supervise",
+            "-I",  # the job's environment (PYTHONHOME, PYTHONWARNINGS...) is not the supervisor's
+            SUPERVISOR,
             "--logs",
             str(jdir / "logs"),
             "--cwd",
@@ -112,6 +117,7 @@ class LocalRunner(JobRunner):
             start_new_session=True,
         )
         self._children[launch.id] = proc
+        self._watch(launch.id, proc.pid)
         self.log.info("job %s of %s started (pid %s)", launch.id, launch.owner, proc.pid)
         return {"pid": proc.pid, "create_time": psutil.Process(proc.pid).create_time()}
 
@@ -137,13 +143,34 @@ class LocalRunner(JobRunner):
             self._alive(job_id, ref)  # reap
             self._cleanup(job_id)
             return status
-        if self._alive(job_id, ref or self._ref_on_disk(owner, job_id)):
+        ref = ref or self._ref_on_disk(owner, job_id)
+        if self._alive(job_id, ref):
+            if job_id not in self._watched and ref:  # re-attached after a restart
+                self._watch(job_id, ref["pid"])
             return RunState("running")
         status = self.recorded_status(owner, job_id)  # it may have ended just now
         if status is not None:
             self._cleanup(job_id)
             return status
         return RunState("vanished", message="the job's process is gone and recorded no exit status")
+
+    def _watch(self, job_id: int, pid: int) -> None:
+        """Call ``on_change`` as soon as the supervisor ``pid`` exits (it writes status.json
+        first), through a pidfd in the event loop; without pidfds the periodic poll notices."""
+        try:
+            fd = os.pidfd_open(pid)
+            loop = asyncio.get_running_loop()
+        except (AttributeError, OSError, RuntimeError):
+            return
+        self._watched[job_id] = fd
+
+        def ended() -> None:
+            loop.remove_reader(fd)
+            os.close(fd)
+            self._watched.pop(job_id, None)
+            self.on_change()
+
+        loop.add_reader(fd, ended)
 
     def _ref_on_disk(self, owner: str, job_id: int) -> dict[str, Any] | None:
         try:

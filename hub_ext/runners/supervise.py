@@ -15,10 +15,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -52,6 +54,27 @@ def kill_all(child: subprocess.Popen, mark: str, sig: int) -> None:
             p.send_signal(sig)
         except psutil.Error:
             pass
+
+
+def _exit_waiter(child: subprocess.Popen) -> Callable[[float], int | None]:
+    """``wait(timeout)``: the child's exit code, or None if it still runs after ``timeout``
+    seconds. Woken by a pidfd the moment the child exits (Popen.wait with a timeout polls
+    with sleeps of up to 50 ms); without pidfds, Popen.wait."""
+    try:
+        fd = os.pidfd_open(child.pid)
+    except (AttributeError, OSError):
+        fd = None
+
+    def wait(timeout: float) -> int | None:
+        if fd is not None:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            return child.wait() if ready else None
+        try:
+            return child.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    return wait
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,12 +119,11 @@ def main(argv: list[str] | None = None) -> int:
             kill_all(child, mark, signal.SIGTERM)
         deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
         killed = False
+        ended = _exit_waiter(child)
         while True:
-            try:
-                rc = child.wait(timeout=0.2)
+            rc = ended(0.2)
+            if rc is not None:
                 break
-            except subprocess.TimeoutExpired:
-                pass
             now = time.monotonic()
             if deadline is not None and now > deadline and stop_at is None:
                 reason, stop_at = "timeout", now
@@ -112,11 +134,16 @@ def main(argv: list[str] | None = None) -> int:
                 kill_all(child, mark, signal.SIGKILL)
         # the main process ended: nothing of the job may outlive it
         leftovers = marked_processes(mark) if mark else []
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            kill_all(child, mark, sig)
-            if not leftovers:
-                break
-            _gone, leftovers = psutil.wait_procs(leftovers, timeout=2)
+        try:
+            os.killpg(child.pid, signal.SIGTERM)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if leftovers:
+            for sig in (signal.SIGTERM, signal.SIGKILL):
+                kill_all(child, mark, sig)
+                _gone, leftovers = psutil.wait_procs(leftovers, timeout=2)
+                if not leftovers:
+                    break
 
     _write_json(
         logs / "status.json",

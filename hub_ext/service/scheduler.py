@@ -67,6 +67,8 @@ class Scheduler:
         self.log = log
         self._wake = asyncio.Event()
         self._webhooks: set[asyncio.Task] = set()
+        # a job that ends is recorded at once, not at the next tick
+        runner.on_change = self.wake
 
     def wake(self) -> None:
         self._wake.set()

@@ -1,0 +1,82 @@
+"""LocalRunner with real supervised processes: the service hears of a job's end as it happens
+(also for a job re-attached after a restart), and the job's environment cannot break the
+supervisor that runs outside the sandbox."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hub_ext.layout import job_dir, plan_job
+from hub_ext.options import Profile
+from hub_ext.runners import JobLaunch, LocalRunner
+
+PROFILE = Profile("standard", "Standard", cpu=1, memory=2**30, storage=2**30)
+ISOLATIONS = ["none"] + (["bubblewrap"] if shutil.which("bwrap") else [])
+
+
+def launch(job_id: int, command: str, env: dict[str, str] | None = None) -> JobLaunch:
+    plan = plan_job("ann", job_id)
+    return JobLaunch(job_id, "ann", command, plan, {**(env or {}), **plan.env}, PROFILE)
+
+
+def runner(root: Path, isolation: str) -> tuple[LocalRunner, asyncio.Event]:
+    r = LocalRunner(data_root=str(root), isolation=isolation, stop_grace=2)
+    changed = asyncio.Event()
+    r.on_change = changed.set
+    return r, changed
+
+
+def prepare(root: Path, job_id: int) -> Path:
+    jdir = root / job_dir("ann", job_id)
+    (jdir / "code").mkdir(parents=True)
+    return jdir
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_end_is_reported_without_polling(tmp_path: Path, isolation: str) -> None:
+    async def scenario() -> None:
+        r, changed = runner(tmp_path, isolation)
+        jdir = prepare(tmp_path, 1)
+        ref = await r.start(launch(1, "echo hello from $KQI_JOB_ID"))
+        await asyncio.wait_for(changed.wait(), 30)  # no poll was made meanwhile
+        state = await r.poll("ann", 1, ref)
+        assert (state.state, state.exit_code, state.reason) == ("exited", 0, "exited")
+        assert "hello from 1" in (jdir / "logs" / "output.log").read_text()
+
+    asyncio.run(scenario())
+
+
+def test_reattached_job_end_is_reported(tmp_path: Path) -> None:
+    """A new runner (a restarted service) that finds the job running hears when it ends."""
+
+    async def scenario() -> None:
+        first, _ = runner(tmp_path, "none")
+        prepare(tmp_path, 2)
+        ref = await first.start(launch(2, "sleep 1.5; exit 3"))
+        second, changed = runner(tmp_path, "none")
+        assert (await second.poll("ann", 2, ref)).state == "running"
+        await asyncio.wait_for(changed.wait(), 30)
+        state = await second.poll("ann", 2, ref)
+        assert (state.state, state.exit_code) == ("exited", 3)
+
+    asyncio.run(scenario())
+
+
+def test_job_python_settings_do_not_reach_the_supervisor(tmp_path: Path) -> None:
+    """PYTHONHOME may be set for a job; it is the job's, not the supervisor's (which would
+    not start with it)."""
+
+    async def scenario() -> None:
+        r, changed = runner(tmp_path, "none")
+        jdir = prepare(tmp_path, 3)
+        ref = await r.start(launch(3, 'echo "home=$PYTHONHOME"', {"PYTHONHOME": "/nowhere"}))
+        await asyncio.wait_for(changed.wait(), 30)
+        state = await r.poll("ann", 3, ref)
+        assert (state.state, state.exit_code) == ("exited", 0), state
+        assert "home=/nowhere" in (jdir / "logs" / "output.log").read_text()
+
+    asyncio.run(scenario())
