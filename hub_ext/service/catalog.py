@@ -80,14 +80,18 @@ def _metadata(path: Path) -> tuple[str, tuple[str, ...] | None, str]:
 
 
 class Catalog:
-    """Scans the datasets folder; sizes are cached for ``ttl`` seconds (walking is slow)."""
+    """Scans the datasets folder; sizes are cached for ``ttl`` seconds (walking is slow: a
+    dataset of a million files takes seconds)."""
 
     def __init__(self, root: Path, ttl: float = 30.0):
         self.root = Path(root)
         self.ttl = ttl
         self._cache: dict[str, tuple[float, tuple[int, int]]] = {}
 
-    def scan(self) -> dict[str, Dataset]:
+    def scan(self, measure: bool = True) -> dict[str, Dataset]:
+        """Every valid dataset. ``measure=False``: names, descriptions and groups, with the
+        sizes as last measured (0 if never): what a spawn or a job submission needs, without
+        walking the files before each (listings and the form measure)."""
         out: dict[str, Dataset] = {}
         if not self.root.is_dir():
             return out
@@ -99,7 +103,9 @@ class Catalog:
                 log.warning("skipping dataset folder %r: not a valid dataset name", entry.name)
                 continue
             cached = self._cache.get(entry.name)
-            if cached is None or now - cached[0] > self.ttl:
+            if not measure:
+                cached = cached or (now - self.ttl - 1, (0, 0))
+            elif cached is None or now - cached[0] > self.ttl:
                 cached = (now, _measure(entry))
                 self._cache[entry.name] = cached
             description, groups, error = _metadata(self.root / f"{entry.name}.toml")
