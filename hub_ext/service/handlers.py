@@ -6,7 +6,7 @@ import hmac
 import json
 from typing import Any
 
-from jupyterhub.services.auth import HubOAuthenticated
+from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from sqlalchemy import select
 from tornado import web
 
@@ -30,6 +30,12 @@ class BaseHandler(web.RequestHandler):
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(data, default=str))
+
+    def write_json_text(self, body: str, status: int = 200) -> None:
+        """Answer JSON that is already encoded (e.g. by the database)."""
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(body)
 
     def write_error(self, status_code: int, **kwargs: Any) -> None:
         message = self._reason
@@ -56,7 +62,8 @@ class BaseHandler(web.RequestHandler):
         return info
 
     def context_for(self, user: UserInfo, job_ids: set[int]) -> Context:
-        datasets = self.kqi.catalog.scan()
+        # names and groups only: walking big datasets' files must not delay each spawn
+        datasets = self.kqi.catalog.scan(measure=False)
         readable_jobs = {}
         if job_ids:
             with self.kqi.session() as s:
@@ -79,11 +86,35 @@ class BaseHandler(web.RequestHandler):
 class UserHandler(HubOAuthenticated, BaseHandler):
     """Routes for users: browser cookie (OAuth) or API token."""
 
-    async def caller(self) -> UserInfo:
+    async def prepare(self) -> None:
+        """Identify the caller, awaited. HubOAuthenticated.get_current_user asks HubAuth in
+        blocking mode, through a thread: a hop that cost a sixth of the service's time per
+        request, and the whole service stood still while the hub checked a new token. The
+        checks are the same (as in jupyterhub.singleuser's async identity provider)."""
+        model = await self.hub_auth.get_user(self, sync=False)
+        user = None
+        if model:
+            try:
+                user = self.check_hub_user(model)  # the token's scopes must grant this service
+            except UserNotAllowed:
+                self.redirect = self._not_allowed  # logged in, but no access: 403, no loop
+            else:
+                self.hub_auth._persist_url_token_if_set(self)
+        self.current_user = user
+
+    def _not_allowed(self, *args: Any, **kwargs: Any) -> None:
+        raise web.HTTPError(403, "no access to the kqi service")
+
+    def caller_name(self) -> str:
+        """Who calls (a user, not a service), from the token or cookie alone."""
         model = self.current_user
         if not model or model.get("kind", "user") != "user":
             raise web.HTTPError(403, "log in to JupyterHub first (or send a user API token)")
-        return await self.user_info(model["name"])
+        return model["name"]
+
+    async def caller(self) -> UserInfo:
+        """Who calls, with their groups and admin flag as the hub has them now."""
+        return await self.user_info(self.caller_name())
 
 
 class InternalHandler(BaseHandler):
