@@ -49,7 +49,8 @@ def table(results: list[Result]) -> str:
             f"| {r.bench} | {r.metric} | {fmt(r.ours, r.unit)} | {anchor} | {ratio} | {r.goal} "
             f"| {met} |"
         )
-    return "\n".join(lines)
+    notes = [f"- {r.bench}, {r.metric}: {r.detail}" for r in results if r.detail]
+    return "\n".join(lines + ([""] + notes if notes else []))
 
 
 def main(argv: list[str] | None = None) -> int:
