@@ -7,11 +7,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from . import activity
-from .handlers import LayoutHandler
-from .homelinks import apply_home_links, link_roots
-from .jobs_handlers import job_routes
-
 __version__ = "0.1.0"
 
 
@@ -40,6 +35,13 @@ def layout_state(results: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _load_jupyter_server_extension(serverapp: Any) -> None:
+    # imported here, not at the top: ``kqi`` and ``kqi-papermill`` (commands of this package)
+    # must not pay for jupyter_server's import on every call
+    from . import activity
+    from .handlers import LayoutHandler
+    from .homelinks import apply_home_links, link_roots
+    from .jobs_handlers import job_routes
+
     results: list[dict[str, Any]] = []
     if os.environ.get("KQI_ROOT"):
         layout = json.loads(os.environ.get("KQI_LAYOUT") or "{}")

@@ -186,7 +186,7 @@ def default_command(
     ):
         args += ["-l", "python"]
     args += [q(a) for a in _param_args(parameters or {})]
-    return "papermill " + " ".join(args)
+    return "kqi-papermill " + " ".join(args)
 
 
 def script_name(notebook_name: str) -> str:

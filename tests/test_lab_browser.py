@@ -256,7 +256,7 @@ def test_submit_papermill_with_parameters(lab, lab_platform: Platform) -> None:
     dialog = lab.locator(".jp-Dialog")
     dialog.locator("select[name=mode]").select_option("papermill")
     command = dialog.locator("input[name=command]").input_value()
-    assert command.startswith("papermill analysis.ipynb "), command
+    assert command.startswith("kqi-papermill analysis.ipynb "), command
     dialog.locator("textarea[name=parameters]").fill("epochs=3\nlabel=first try")
     dialog.locator("select[name=parent]").select_option("1")
     shot(lab, "lab-11-papermill-dialog")

@@ -249,7 +249,7 @@ def test_papermill_parameters_quoted_and_typed(project: Path, tmp_path: Path) ->
     spec, archive = build_submission(project, "proj/sweep nb.ipynb", "papermill", parameters=params)
     cmd = spec["command"]
     assert cmd.startswith(
-        "papermill 'sweep nb.ipynb' \"${KQI_ROOT:-/kqi}\"/output/'sweep nb.ipynb'"
+        "kqi-papermill 'sweep nb.ipynb' \"${KQI_ROOT:-/kqi}\"/output/'sweep nb.ipynb'"
     )
     done = unpack_and_run(archive, cmd, tmp_path / "run")
     assert done.returncode == 0, done.stderr

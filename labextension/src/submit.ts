@@ -34,7 +34,7 @@ export function defaultCommand(mode: Mode, fileName: string): string {
   if (mode === 'notebook-script') {
     return `ipython --colors=NoColor ${quote(fileName.replace(/\.ipynb$/, '.py'))}`;
   }
-  return `papermill ${quote(fileName)} "\${KQI_ROOT:-/kqi}"/output/${quote(fileName)}`;
+  return `kqi-papermill ${quote(fileName)} "\${KQI_ROOT:-/kqi}"/output/${quote(fileName)}`;
 }
 
 /** "KEY=value" lines → object; throws on a line without "=". */
