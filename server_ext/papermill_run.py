@@ -101,11 +101,24 @@ def main(argv: list[str] | None = None) -> None:
             from jupyter_core.utils import run_sync
 
             try:
-                for kc in km.kqi_clients:
-                    kc.stop_channels()
-                run_sync(km.shutdown_kernel)()
+                run_sync(stop_kernel)(km)
             except Exception:
                 pass
+
+
+async def stop_kernel(km: Any, wait: float = 5.0) -> None:
+    """Ask the kernel to end (its atexit handlers run), watch it go at a finer grain than
+    jupyter_client's 0.1 s, then clean up; a kernel that hangs is killed after ``wait``."""
+    import asyncio
+    import time
+
+    for kc in km.kqi_clients:
+        kc.stop_channels()
+    await km.request_shutdown()
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline and await km.is_alive():
+        await asyncio.sleep(0.01)
+    await km.shutdown_kernel(now=True)  # ended already: only the connection file is left
 
 
 if __name__ == "__main__":

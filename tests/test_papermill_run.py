@@ -20,7 +20,13 @@ def notebook(path: Path, kernel: str | None = "python3") -> Path:
     nb = nbformat.v4.new_notebook()
     params = nbformat.v4.new_code_cell("lr = 0.1\ntag = 'x'")
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell("print(f'lr={lr!r} tag={tag!r}')")]
+    nb.cells = [
+        params,
+        nbformat.v4.new_code_cell("print(f'lr={lr!r} tag={tag!r}')"),
+        nbformat.v4.new_code_cell(  # a kernel ended gracefully runs its exit handlers
+            "import atexit\natexit.register(lambda: open('bye.txt', 'w').write('bye'))"
+        ),
+    ]
     if kernel:
         nb.metadata["kernelspec"] = {"name": kernel, "display_name": "k", "language": "python"}
     nbformat.write(nb, path)
@@ -59,6 +65,7 @@ def test_runs_the_notebook_with_typed_parameters(tmp_path: Path, extra: list[str
     assert done.returncode == 0, done.stderr
     assert "lr=0.01 tag='-k'" in outputs(tmp_path / "out.ipynb")
     assert "Could not destroy" not in done.stderr
+    assert (tmp_path / "bye.txt").read_text() == "bye"
     # no kernel left behind
     left = [
         p
