@@ -74,8 +74,9 @@ class Job(Base):
     notified: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
-#: what a job looks like in the API, in this order (``scheduler.job_to_dict``): datetimes are
-#: ISO 8601 in UTC with a ``Z``; JSON lists and mappings are never null
+#: what a job looks like in the API, in this order: the one list that ``scheduler.job_to_dict``
+#: and the SQLite-built page both follow. Datetimes are ISO 8601 in UTC with a ``Z``; JSON
+#: lists and mappings are never null
 API_FIELDS: dict[str, str] = {
     "id": "plain",
     "owner": "plain",

@@ -19,37 +19,30 @@ from tornado.httpclient import AsyncHTTPClient, HTTPRequest
 
 from ..layout import JobRef, plan_job
 from ..runners import JobLaunch, JobRunner, RunState
-from .db import Job, utcnow
+from .db import API_FIELDS, Job, utcnow
 
 FINISHED = ("succeeded", "failed", "stopped", "lost")
 
 
-def job_to_dict(job: Job) -> dict[str, Any]:
-    def iso(t: Any) -> str | None:
-        if t is None:
-            return None
-        return t.isoformat().replace("+00:00", "Z") if t.tzinfo else t.isoformat() + "Z"
+def _iso(t: Any) -> str | None:
+    if t is None:
+        return None
+    return t.isoformat().replace("+00:00", "Z") if t.tzinfo else t.isoformat() + "Z"
 
-    return {
-        "id": job.id,
-        "owner": job.owner,
-        "name": job.name,
-        "status": job.status,
-        "exit_code": job.exit_code,
-        "created_at": iso(job.created_at),
-        "started_at": iso(job.started_at),
-        "finished_at": iso(job.finished_at),
-        "continued_from": job.continued_from,
-        "message": job.message,
-        "command": job.command,
-        "purpose": job.purpose,
-        "profile": job.profile,
-        "datasets": list(job.datasets or []),
-        "parents": list(job.parents or []),
-        "timeout_seconds": job.timeout_seconds,
-        "notify_url": job.notify_url,
-        "env": dict(job.env or {}),
-    }
+
+#: how each kind of field in API_FIELDS reads from a Job row (SQLite's json_object page in
+#: db.jobs_page_json writes the same fields the same way)
+_CONVERT = {
+    "plain": lambda v: v,
+    "time": _iso,
+    "list": lambda v: list(v or []),
+    "mapping": lambda v: dict(v or {}),
+}
+
+
+def job_to_dict(job: Job) -> dict[str, Any]:
+    """A job as the API shows it: the fields of API_FIELDS, in that order."""
+    return {name: _CONVERT[kind](getattr(job, name)) for name, kind in API_FIELDS.items()}
 
 
 def final_status(state: RunState) -> str:
