@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
+from jupyterhub.utils import can_connect
 from tornado import web
 from traitlets import CaselessStrEnum, Float, Unicode, default
 
@@ -227,18 +228,10 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         return True
 
 
-async def accepts(ip: str, port: int, timeout: float = 1.0) -> bool:
-    """Whether something accepts TCP connections at ip:port (a connect, closed at once)."""
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout)
-    except (OSError, asyncio.TimeoutError):
-        return False
-    writer.close()
-    try:
-        await writer.wait_closed()
-    except OSError:
-        pass
-    return True
+async def accepts(ip: str, port: int) -> bool:
+    """Whether something accepts TCP connections at ip:port: JupyterHub's own check (a
+    wildcard bind is tried on loopback), a refused local connect answers at once."""
+    return can_connect(ip, port)
 
 
 def kill_marked(server_id: str, grace: float = 3.0) -> int:
