@@ -263,6 +263,8 @@ def test_submit_papermill_with_parameters(lab, lab_platform: Platform) -> None:
     dialog.locator("button.jp-mod-accept").click()
     view = lab.locator("#kqi-job-view-4")
     view.wait_for(timeout=60_000)
+    # the keyboard follows: typing now goes to the job, not to the notebook behind it
+    lab.wait_for_function("!!document.activeElement.closest('#kqi-job-view-4')", timeout=10_000)
     wait_status(lab, 4, "succeeded", timeout=120)
     facts = view.locator(".kqi-job-facts").inner_text()
     assert "-p epochs 3" in facts and "-r label 'first try'" in facts, facts

@@ -131,6 +131,17 @@ export class JobsPanel extends Widget {
 
 /** One job: its facts, actions and live log. */
 export class JobView extends Widget {
+  /**
+   * Take the focus when activated. Left where it was (the notebook's "Submit as job…"
+   * button), the focus made the notebook current again and its tab came back to the front,
+   * hiding the job just opened; keystrokes went to the hidden notebook.
+   */
+  protected onActivateRequest(): void {
+    if (!this.node.contains(document.activeElement)) {
+      this.node.focus();
+    }
+  }
+
   constructor(
     private job: IJob,
     private readonly actions: IJobActions,
@@ -140,6 +151,7 @@ export class JobView extends Widget {
     super();
     this.id = `kqi-job-${job.id}`;
     this.addClass('kqi-job-view');
+    this.node.tabIndex = -1; // focusable: activating the view moves the keyboard focus here
     this.head = el('div', 'kqi-job-facts');
     this.node.appendChild(this.head);
     const bar = el('div', 'kqi-job-actions');
