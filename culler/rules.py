@@ -10,7 +10,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -72,23 +71,40 @@ def _matches(name: str, entry: str) -> bool:
     return re.fullmatch(re.escape(entry) + r"(\d+(\.\d+)*)?", name) is not None
 
 
+#: interpreters whose script (or ``-m`` module) is the program a process runs
+_INTERPRETER = re.compile(r"(python|pypy)\d*(\.\d+)*")
+#: interpreter options that take the next word as their value
+_OPTION_WITH_VALUE = frozenset({"-W", "-X", "-Q"})
+
+
 def programs(cmdline: Sequence[str]) -> list[str]:
-    """The program names a command line runs: every word that is not an option, by its base
-    name, with ``sh -c "..."`` strings split, so ``mpirun -np 4 lmp_mpi`` and
-    ``python3 -m papermill`` both name their programs."""
-    words: list[str] = []
-    for arg in cmdline:
-        try:
-            parts = shlex.split(arg) if " " in arg else [arg]
-        except ValueError:
-            parts = arg.split()
-        words.extend(parts)
-    return [os.path.basename(w) for w in words if w and not w.startswith("-")]
+    """The programs a command line runs, by base name: argv[0], and for an interpreter the
+    script it runs (``python3 /venv/bin/papermill``) or its ``-m`` module. Other words are
+    data, not programs: ``tmux new -d 'python3 busy.py'`` leaves a tmux server whose
+    arguments say python3 long after that python ended (its child is seen by its own name)."""
+    if not cmdline:
+        return []
+    first = os.path.basename(cmdline[0])
+    found = [first]
+    if _INTERPRETER.fullmatch(first):
+        args = iter(cmdline[1:])
+        for arg in args:
+            if arg.startswith("-c") or arg == "-":  # code on the command line or stdin
+                break
+            if arg.startswith("-m"):  # -m module, -mmodule
+                found.append(arg[2:] or next(args, ""))
+                break
+            if arg in _OPTION_WITH_VALUE:
+                next(args, None)
+            elif not arg.startswith("-"):
+                found.append(os.path.basename(arg))
+                break
+    return [w for w in found if w]
 
 
 def watch_match(name: str, cmdline: Sequence[str], watch: Iterable[str]) -> str | None:
-    """The watch-list entry this process matches, by its name or a program of its command
-    line; None if it matches none."""
+    """The watch-list entry this process matches, by its name or a program it runs (see
+    ``programs``); None if it matches none."""
     watch = tuple(watch)
     for candidate in [name, *programs(cmdline)]:
         for entry in watch:
@@ -156,6 +172,15 @@ class WatchedProcess:
 
 
 @dataclass(frozen=True)
+class LastWatched:
+    """When the server last saw a watched process alive, and which: a pipeline whose steps
+    are watched programs is active until its last one ended, not since the last click."""
+
+    name: str
+    seen: datetime
+
+
+@dataclass(frozen=True)
 class Activity:
     """The server's own view (its ``api/kqi/activity`` route), minus the forecast."""
 
@@ -163,6 +188,7 @@ class Activity:
     last_browser_access: datetime | None
     kernels: tuple[Kernel, ...] = ()
     watched_processes: tuple[WatchedProcess, ...] = ()
+    last_watched_process: LastWatched | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -180,11 +206,19 @@ class Activity:
                 {"pid": p.pid, "name": p.name, "cmdline": list(p.cmdline)}
                 for p in self.watched_processes
             ],
+            "last_watched_process": None
+            if self.last_watched_process is None
+            else {
+                "name": self.last_watched_process.name,
+                "seen": isoformat(self.last_watched_process.seen),
+            },
         }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Activity:
         """Parse the route's answer; a malformed answer raises (the probe then failed)."""
+        lw = d.get("last_watched_process")
+        seen = parse_time(lw["seen"]) if lw else None
         return cls(
             started=parse_time(d.get("started")),
             last_browser_access=parse_time(d.get("last_browser_access")),
@@ -196,6 +230,7 @@ class Activity:
                 WatchedProcess(int(p["pid"]), str(p["name"]), tuple(p.get("cmdline") or ()))
                 for p in d.get("watched_processes", [])
             ),
+            last_watched_process=LastWatched(str(lw["name"]), seen) if lw and seen else None,
         )
 
 
@@ -265,8 +300,11 @@ def decide(
         due["lifetime"] = started + timedelta(hours=server.lifetime_hours)
         words["lifetime"] = f"its lifetime of {server.lifetime_hours:g} h has passed"
     due["idle"], blocker = _idle_due(now, th, last_access, activity, measured)
+    idle_for = human(measured.get("idle_seconds", 0))
+    if "idle_since_ended" in measured:  # the clock started when the last watched one ended
+        idle_for += f" since {measured['idle_since_ended']} ended"
     words["idle"] = (
-        f"idle for {human(measured.get('idle_seconds', 0))} (max {human(th.idle_timeout)}): "
+        f"idle for {idle_for} (max {human(th.idle_timeout)}): "
         "no browser access, no busy kernel, no watched process"
     )
 
@@ -295,6 +333,10 @@ def _idle_due(
     for k in activity.kernels:
         if k.last_activity is not None and utc(k.last_activity) > last:
             last = utc(k.last_activity)
+    lw = activity.last_watched_process
+    if lw is not None and utc(lw.seen) > last:  # a watched process was alive until then
+        last = utc(lw.seen)
+        measured["idle_since_ended"] = lw.name
     measured["kernels"] = len(activity.kernels)
     measured["busy_kernels"] = len(busy)
     measured["watched_processes"] = [f"{p.name}[{p.pid}]" for p in activity.watched_processes]

@@ -3,9 +3,11 @@
 Browser access is any request or websocket message authenticated by the hub's OAuth cookie
 (JupyterLab also sends that cookie's token as a header: it counts too); API tokens, such as
 the culler's own, are not browser access. Kernels come from the kernel manager. Watched
-processes (server_ext.procscan) are this server's: its descendants and anything carrying
-this start's KQI_SERVER_ID (nohup/setsid children of a closed terminal keep it), never the
-server itself, its wrappers or its kernels (excluded by PID, not by name).
+processes (server_ext.procscan) are this server's: everything below its init process (the
+local spawner's subreaper, which adopts what a closed terminal left running: nohup, setsid,
+``env -i``) or else below the server, and anything carrying this start's KQI_SERVER_ID; never
+the server itself, its wrappers or its kernels (excluded by PID, not by name). The last time
+a watched process was seen alive is kept: the idle clock starts when the last one ended.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from tornado.websocket import WebSocketHandler
 from culler.rules import (
     Activity,
     Kernel,
+    LastWatched,
     ServerRecord,
     Thresholds,
     WatchedProcess,
@@ -32,7 +35,7 @@ from culler.rules import (
 )
 
 from . import procscan
-from .procscan import MARKER
+from .procscan import INIT_PID, MARKER
 
 
 class BrowserAccess:
@@ -118,11 +121,15 @@ def kernel_states(kernel_manager: Any) -> tuple[list[Kernel], set[int]]:
 
 
 def watched_processes(
-    server_pid: int, kernel_pids: set[int], marker: str, watch: tuple[str, ...]
+    server_pid: int,
+    kernel_pids: set[int],
+    marker: str,
+    watch: tuple[str, ...],
+    root: int = 0,
 ) -> list[WatchedProcess]:
     """Processes of this server that match the watch list (see the module docstring), by
     pid; one pass over /proc on Linux (server_ext.procscan), psutil elsewhere."""
-    return procscan.watched(server_pid, kernel_pids, marker, watch)
+    return procscan.watched(server_pid, kernel_pids, marker, watch, root)
 
 
 class ActivityState:
@@ -136,6 +143,11 @@ class ActivityState:
         self.started = datetime.now(timezone.utc)
         self.marker = os.environ.get(MARKER, "")
         try:
+            self.root = int(os.environ.get(INIT_PID, "0"))
+        except ValueError:
+            self.root = 0
+        self.last_watched: LastWatched | None = None
+        try:
             self.thresholds = Thresholds.from_dict(json.loads(os.environ["KQI_CULL_RULES"]))
         except (KeyError, ValueError, TypeError):
             self.thresholds = Thresholds()  # the spec's defaults
@@ -145,9 +157,22 @@ class ActivityState:
         """``ignore``: pids left out (``kqi status`` leaves out itself, a python process)."""
         kernels, kernel_pids = kernel_states(self.serverapp.kernel_manager)
         processes = await asyncio.to_thread(
-            watched_processes, self.pid, kernel_pids | ignore, self.marker, self.thresholds.watch
+            watched_processes,
+            self.pid,
+            kernel_pids | ignore,
+            self.marker,
+            self.thresholds.watch,
+            self.root,
         )
-        activity = Activity(self.started, self.access.last, tuple(kernels), tuple(processes))
+        if processes:
+            self.last_watched = LastWatched(processes[0].name, datetime.now(timezone.utc))
+        activity = Activity(
+            self.started,
+            self.access.last,
+            tuple(kernels),
+            tuple(processes),
+            self.last_watched,
+        )
         record = ServerRecord(
             user=os.environ.get("JUPYTERHUB_USER", ""),
             name=os.environ.get("JUPYTERHUB_SERVER_NAME", ""),

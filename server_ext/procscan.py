@@ -7,6 +7,12 @@ times over (``process_iter``, ``children``, ``parents``, ``status``), so on Linu
 ``cmdline`` only for this server's descendants and ``environ`` only for other processes, when
 the server has a marker. The answers are psutil's: same name, command line and environment
 parsing, same rule (culler.rules.watch_match).
+
+The tree's top is the server's init process (``KQI_SERVER_INIT_PID``, a subreaper started by
+the local spawner) when there is one: what leaves the server's tree (nohup, setsid, a
+daemonising ``mpirun``, even ``env -i``) is adopted by it, so it stays below that top. A parent
+that ends during the pass would cut its children off the tree for that pass; they are read
+again (by then the kernel has moved them to the subreaper), so none is missed.
 """
 
 from __future__ import annotations
@@ -20,9 +26,9 @@ import psutil
 from culler.rules import WatchedProcess, watch_match
 
 MARKER = "KQI_SERVER_ID"
+#: the pid of the server's init process (hub_ext/spawner/serverinit.py), set by it
+INIT_PID = "KQI_SERVER_INIT_PID"
 PROC = "/proc"
-#: characters with which shlex (inside watch_match) can make a word that is no substring
-_SHLEX_SPECIAL = ("'", '"', "\\")
 
 Matcher = Callable[[str, Sequence[str], Iterable[str]], "str | None"]
 
@@ -75,11 +81,9 @@ def full_name(name: str, cmdline: Sequence[str]) -> str:
 
 def could_match(name: str, cmdline: Sequence[str], watch: Sequence[str]) -> bool:
     """False only where watch_match surely finds nothing: every name it tries contains its
-    entry and is a part of the name or of one argument, unless shlex joined pieces (quotes,
-    backslashes). Saves the regular expressions for the many processes that are no match."""
+    entry and is a part of the name or of one argument. Saves the regular expressions for the
+    many processes that are no match."""
     text = "\x00".join((name, *cmdline))
-    if any(c in text for c in _SHLEX_SPECIAL):
-        return True
     return any(entry in text for entry in watch)
 
 
@@ -138,28 +142,51 @@ def _read_stat(pid: str) -> bytes | None:
         os.close(fd)
 
 
+def _snapshot() -> tuple[dict[int, int], dict[int, tuple[bytes, bytes]]]:
+    """pid -> ppid and pid -> (name, state) of every process, one stat read each; where a
+    parent ended during the pass, its children are read again (they have been re-parented
+    by then), so no chain is cut by a process that ended meanwhile."""
+    ppids: dict[int, int] = {}
+    stats: dict[int, tuple[bytes, bytes]] = {}
+
+    def read(pid: int) -> None:
+        data = _read_stat(str(pid))
+        if not data:
+            ppids.pop(pid, None)  # ended meanwhile
+            stats.pop(pid, None)
+            return
+        name, state, ppid = parse_stat(data)
+        ppids[pid] = ppid
+        stats[pid] = (name, state)
+
+    for entry in os.listdir(PROC):
+        if entry.isdigit():
+            read(int(entry))
+    for _ in range(8):  # a chain of parents ending at once needs a round each
+        cut = [pid for pid, ppid in ppids.items() if ppid > 0 and ppid not in ppids]
+        before = {pid: ppids[pid] for pid in cut}
+        for pid in cut:
+            read(pid)
+        if all(ppids.get(pid) == ppid for pid, ppid in before.items()):
+            break
+    return ppids, stats
+
+
 def scan_proc(
     server_pid: int,
     excluded: Iterable[int],
     marker: str,
     watch: Sequence[str],
+    root: int = 0,
     match: Matcher = watch_match,
 ) -> list[WatchedProcess]:
-    """The watched processes of the server ``server_pid`` from /proc, by pid."""
-    ppids: dict[int, int] = {}
-    stats: dict[int, tuple[bytes, bytes]] = {}
-    for entry in os.listdir(PROC):
-        if not entry.isdigit():
-            continue
-        data = _read_stat(entry)
-        if not data:
-            continue  # ended meanwhile
-        name, state, ppid = parse_stat(data)
-        pid = int(entry)
-        ppids[pid] = ppid
-        stats[pid] = (name, state)
-    mine = descendants(ppids, server_pid)
-    skip = {server_pid, *excluded, *ancestors(ppids, server_pid)}
+    """The watched processes of the server ``server_pid`` from /proc, by pid: below ``root``
+    (its init process, when that is an ancestor of the server) or else below the server."""
+    ppids, stats = _snapshot()
+    above = ancestors(ppids, server_pid)
+    top = root if root > 1 and root in above else server_pid  # never the machine's init
+    mine = descendants(ppids, top)
+    skip = {server_pid, *excluded, *above}
     marker_b = os.fsencode(marker) if marker else b""
     key = os.fsencode(MARKER)
     watch = tuple(watch)
@@ -168,7 +195,7 @@ def scan_proc(
         name_b, state = stats[pid]
         if pid in skip or state == b"Z":  # a zombie has ended
             continue
-        if pid not in mine:  # left the tree (nohup, setsid): ours if it carries our marker
+        if pid not in mine:  # left the tree: ours if it carries our marker
             if not marker_b:
                 continue
             env = _read(f"{PROC}/{pid}/environ")  # another account's: unreadable, not ours
@@ -190,13 +217,16 @@ def scan_psutil(
     excluded: Iterable[int],
     marker: str,
     watch: Sequence[str],
+    root: int = 0,
     match: Matcher = watch_match,
 ) -> list[WatchedProcess]:
     """The same answer through psutil, where there is no /proc."""
     me = psutil.Process(server_pid)
-    skip = {server_pid, *excluded, *(p.pid for p in me.parents())}
+    above = {p.pid for p in me.parents()}
+    skip = {server_pid, *excluded, *above}
     try:
-        mine = {p.pid for p in me.children(recursive=True)}
+        top = psutil.Process(root) if root > 1 and root in above else me
+        mine = {p.pid for p in top.children(recursive=True)}
     except psutil.Error:
         mine = set()
     found = []
@@ -225,9 +255,9 @@ def _alive(p: psutil.Process) -> bool:
 
 
 def watched(
-    server_pid: int, excluded: Iterable[int], marker: str, watch: Sequence[str]
+    server_pid: int, excluded: Iterable[int], marker: str, watch: Sequence[str], root: int = 0
 ) -> list[WatchedProcess]:
     """/proc where there is one, psutil elsewhere."""
     if sys.platform.startswith("linux") and os.path.isdir(f"{PROC}/{server_pid}"):
-        return scan_proc(server_pid, excluded, marker, watch)
-    return scan_psutil(server_pid, excluded, marker, watch)
+        return scan_proc(server_pid, excluded, marker, watch, root)
+    return scan_psutil(server_pid, excluded, marker, watch, root)

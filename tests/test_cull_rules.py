@@ -14,6 +14,7 @@ from culler.rules import (
     DEFAULT_WATCH,
     Activity,
     Kernel,
+    LastWatched,
     ServerRecord,
     Thresholds,
     WatchedProcess,
@@ -142,33 +143,73 @@ def test_forecast_takes_the_earliest_rule() -> None:
         ("python3", ["python3", "script.py"], "python"),
         ("python3.11", ["/usr/bin/python3.11", "x.py"], "python"),
         ("python", ["python"], "python"),
-        ("bash", ["bash", "-c", "python3 -u train.py"], "python"),
         ("papermill", ["/venv/bin/python", "/venv/bin/papermill", "a.ipynb"], "papermill"),
         ("python3", ["python3", "-m", "papermill", "a.ipynb"], "python"),
         ("papermill", ["papermill", "a.ipynb", "b.ipynb"], "papermill"),
-        ("mpirun", ["mpirun", "-np", "4", "lmp_mpi", "-in", "in.lj"], "lmp_mpi"),
         ("lmp", ["lmp", "-in", "in.lj"], "lmp"),
         ("lmp_serial", ["lmp_serial"], "lmp_serial"),
+        ("x", ["/opt/lammps/bin/lmp_mpi", "-in", "in.lj"], "lmp_mpi"),  # by argv[0]
         ("pt_main_thread", ["trainer", "--epochs", "3"], "pt_main_thread"),
-        ("bash", ["/bin/bash"], None),
+        # words that only mention a program do not run it: its own process is watched
+        ("tmux: server", ["tmux", "new", "-d", "python3 busy.py"], None),
+        ("bash", ["bash", "-c", "python3 -u train.py; gzip out"], None),
+        ("mpirun", ["mpirun", "-np", "4", "lmp_mpi", "-in", "in.lj"], None),
+        ("less", ["less", "lmp.log"], None),
         ("vim", ["vim", "train.py"], None),
+        ("bash", ["/bin/bash"], None),
         ("pythonista", ["pythonista"], None),
         ("ipython", ["ipython"], None),
         ("sleep", ["sleep", "600"], None),
-        ("less", ["less", "lmp.log"], None),
     ],
 )
 def test_watch_list_matches_name_and_programs(name, cmdline, hit) -> None:
     assert watch_match(name, cmdline, DEFAULT_WATCH) == hit
 
 
-def test_programs_of_a_command_line() -> None:
-    assert programs(["python3", "-m", "papermill", "in.ipynb"]) == [
-        "python3",
-        "papermill",
-        "in.ipynb",
-    ]
-    assert programs(["sh", "-c", "cd /x && exec lmp -in 'a b'"])[-2:] == ["lmp", "a b"]
+@pytest.mark.parametrize(
+    "cmdline, found",
+    [
+        (["python3", "-m", "papermill", "in.ipynb"], ["python3", "papermill"]),
+        (["python3", "-mpapermill"], ["python3", "papermill"]),
+        (["/v/bin/python3", "-u", "-X", "dev", "/v/bin/papermill", "a"], ["python3", "papermill"]),
+        (["python3", "-W", "ignore", "train.py", "lmp"], ["python3", "train.py"]),
+        (["python3", "-c", "import lmp"], ["python3"]),
+        (["sh", "-c", "cd /x && exec lmp -in 'a b'"], ["sh"]),
+        (["tmux", "new", "-d", "python3 busy.py"], ["tmux"]),
+        ([], []),
+    ],
+)
+def test_programs_of_a_command_line(cmdline, found) -> None:
+    assert programs(cmdline) == found
+
+
+def test_watch_list_of_scripts_matches_an_interpreters_script() -> None:
+    watch = ("papermill",)
+    assert watch_match("python3", ["python3", "/v/bin/papermill", "a"], watch) == "papermill"
+    assert watch_match("python3", ["python3", "-m", "papermill", "a"], watch) == "papermill"
+    assert watch_match("python3", ["python3", "x.py", "papermill"], watch) is None
+
+
+def test_idle_clock_starts_when_the_last_watched_process_ended() -> None:
+    """A pipeline's watched step ran until 300 (browser last at 10): idle counts from 300."""
+    act = Activity(at(1), at(10), (), (), LastWatched("lmp", at(300)))
+    kept = decide(at(399), TH, server(), act)
+    assert not kept.cull and (kept.rule, kept.at) == ("idle", at(400))
+    d = decide(at(400), TH, server(), act)
+    assert d.cull and d.rule == "idle" and d.measured["idle_since_ended"] == "lmp"
+    assert d.why.startswith("idle for 100 s since lmp ended (max 100 s)"), d.why
+    # an older sighting than the last browser access changes nothing
+    old = Activity(at(1), at(10), (), (), LastWatched("lmp", at(5)))
+    d = decide(at(110), TH, server(), old)
+    assert d.cull and "idle_since_ended" not in d.measured and "since" not in d.why
+
+
+def test_last_watched_process_round_trips_through_the_route() -> None:
+    act = Activity(at(1), None, (), (), LastWatched("lmp", at(300)))
+    wire = json.loads(json.dumps(act.to_dict()))
+    assert wire["last_watched_process"] == {"name": "lmp", "seen": isoformat(at(300))}
+    assert Activity.from_dict(wire) == act
+    assert Activity.from_dict({**wire, "last_watched_process": None}).last_watched_process is None
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ import glob
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -28,6 +29,8 @@ from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
 from .common import KqiSpawnerMixin
 
+#: the server's init process, run by path with ``python -I`` (see serverinit.py)
+SERVER_INIT = str(Path(__file__).with_name("serverinit.py"))
 STARTUP_SCRIPT = (
     'cmd="$1"; shift; sh -c "$cmd" >"$HOME/.kqi-startup.log" 2>&1'
     ' || echo "kqi: startup command failed (exit $?); see ~/.kqi-startup.log" >&2; exec "$@"'
@@ -58,6 +61,12 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         returns once it does, so the hub's own check, which backs off with random waits of up
         to 5 s, finds the server at its first try instead of seconds later. 0: return as soon
         as the process is started (JupyterHub's behaviour).""",
+    ).tag(config=True)
+
+    leftover_grace = Float(
+        3,
+        help="""Seconds the processes a server left running (nohup, setsid, ...) get between
+        SIGTERM and SIGKILL once the server itself has stopped.""",
     ).tag(config=True)
 
     limits_note = (
@@ -131,6 +140,10 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         self._kqi_extra_env["KQI_LINK_ROOTS"] = os.pathsep.join(["/kqi", f"{runs}/*/kqi"])
         if options.startup_command:
             prefix += ["sh", "-c", STARTUP_SCRIPT, "kqi-startup", options.startup_command]
+        # the init process on top: what the server leaves running stays below it (watched,
+        # and ended with the server), whatever it did to its session or environment
+        init = [sys.executable, "-I", SERVER_INIT, f"--grace={self.leftover_grace:g}", "--"]
+        prefix = init + prefix
 
         base = list(self.cmd)
         self._kqi_bin_dir = os.path.dirname(shutil.which(base[0]) or base[0])
@@ -158,7 +171,8 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
     async def stop(self, now: bool = False) -> None:
         server_id = self.kqi_server_id  # poll() clears the state once the process ended
         await super().stop(now=now)
-        # what was left running with nohup or setsid goes with the server, as in a pod
+        # what was left running goes with the server, as in a pod: the init process ends
+        # what is below it; should it have been killed first, the marker still finds most
         if server_id:
             ended = await asyncio.to_thread(kill_marked, server_id)
             if ended:

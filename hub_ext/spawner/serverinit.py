@@ -1,0 +1,118 @@
+"""A user server's init process: everything the server starts stays below it, and goes with it.
+
+The local spawner runs ``python -I serverinit.py [--grace S] -- <server command>`` (by path, no
+package import). It marks itself a child subreaper (``PR_SET_CHILD_SUBREAPER``), so what a
+terminal leaves running when it closes (``nohup``, ``setsid``, a daemonising ``mpirun``, even
+``env -i``, which drops every marker) is adopted by this process instead of by the machine's
+init: the culler's scan finds it below ``KQI_SERVER_INIT_PID`` and a stop ends it, as in a pod.
+
+It reaps what it adopts, lets the hub's signals reach the server (they go to the whole process
+group; this process only outlives them), and when the server has exited ends every process
+still below it: SIGTERM, then SIGKILL after ``--grace`` seconds. Its exit status is the
+server's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import sys
+import time
+
+import psutil
+
+INIT_PID = "KQI_SERVER_INIT_PID"
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux >= 3.4); False where the kernel cannot."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap() -> None:
+    """Collect the exit status of every child that has ended (adopted ones included)."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def below() -> list[psutil.Process]:
+    """Every live process below this one (zombies have ended; reap() collects them)."""
+    found = []
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE:
+                found.append(p)
+        except psutil.Error:
+            continue
+    return found
+
+
+def end_all(grace: float) -> int:
+    """SIGTERM to everything below, SIGKILL to what still runs after ``grace`` seconds;
+    repeated while anything is left (a process may fork as it goes). How many there were."""
+    seen: set[int] = set()
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0), (signal.SIGKILL, 5.0)):
+        procs = below()
+        if not procs:
+            break
+        for p in procs:
+            seen.add(p.pid)
+            try:
+                p.send_signal(sig)
+                if sig == signal.SIGTERM:
+                    p.resume()  # a stopped process would not see SIGTERM
+            except psutil.Error:
+                pass
+        deadline = time.monotonic() + wait
+        while below() and time.monotonic() < deadline:
+            reap()
+            time.sleep(0.05)
+        reap()
+    return len(seen)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="kqi-server-init", description=__doc__.split("\n")[0])
+    ap.add_argument("--grace", type=float, default=3.0, help="seconds before SIGKILL")
+    ap.add_argument("command", nargs=argparse.REMAINDER, help="-- the server's command")
+    args = ap.parse_args(argv)
+    cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not cmd:
+        ap.error("no command given")
+    if not become_subreaper():
+        print("kqi-server-init: cannot become a subreaper; orphans escape", file=sys.stderr)
+    # the hub signals the process group: this process stays to clean up after the server.
+    # A Python handler (not SIG_IGN) is reset to the default in the child at exec.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: None)
+    env = dict(os.environ, **{INIT_PID: str(os.getpid())})
+    server = os.posix_spawnp(cmd[0], cmd, env)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:  # cannot happen while the server runs; be safe
+            status = 0
+            break
+        if pid == server:
+            break
+    code = os.waitstatus_to_exitcode(status)
+    left = end_all(args.grace)
+    if left:
+        print(f"kqi-server-init: ended {left} processes the server left running", file=sys.stderr)
+    return code if code >= 0 else 128 - code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
