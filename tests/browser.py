@@ -11,6 +11,7 @@ import secrets
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import requests
@@ -18,6 +19,7 @@ from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
 from .platform import Platform
+from .workloads import Workload
 
 
 def server_prefix(user: str, server: str = "") -> str:
@@ -130,9 +132,18 @@ def _auth(p: Platform, user: str) -> dict[str, str]:
     return {"Authorization": f"token {p.token(user)}"}
 
 
-def start_in_terminal(p: Platform, user: str, command: str, server: str = "") -> str:
-    """Open a terminal, type ``command`` (it keeps running), leave the terminal open; return
-    its name. Waits until the shell has echoed a marker typed after it."""
+def start_in_terminal(
+    p: Platform,
+    user: str,
+    command: str,
+    server: str = "",
+    ready: Callable[[], bool] | None = None,
+    timeout: float = 60,
+) -> str:
+    """Open a terminal, type ``command``, leave the terminal open; return its name. Returns
+    once ``ready()`` is true (the caller's condition: e.g. the process is seen by the server),
+    polled while the terminal stays open; without ``ready``, once the shell has run the
+    command and echoed a marker typed after it (for commands that return to the prompt)."""
     prefix = f"{server}/" if server else ""
     r = p.server(user, f"{prefix}api/terminals", method="POST")
     assert r.status_code == 200, r.text
@@ -142,21 +153,55 @@ def start_in_terminal(p: Platform, user: str, command: str, server: str = "") ->
 
     async def go() -> None:
         conn = await websocket_connect(HTTPRequest(ws, headers=_auth(p, user)))
-        await conn.write_message(json.dumps(["stdin", f"echo {marker}-$((6*7))\r"]))
-        await conn.write_message(json.dumps(["stdin", command + "\r"]))
-        out, deadline = "", time.monotonic() + 30
-        while f"{marker}-42" not in out and time.monotonic() < deadline:
-            msg = await asyncio.wait_for(conn.read_message(), deadline - time.monotonic())
-            if msg is None:
-                break
-            kind, *rest = json.loads(msg)
-            if kind == "stdout":
-                out += rest[0]
-        conn.close()
-        assert f"{marker}-42" in out, out[-2000:]
+        deadline = time.monotonic() + timeout
+        try:
+            if ready is not None:
+                await conn.write_message(json.dumps(["stdin", command + "\r"]))
+                while not await asyncio.to_thread(ready):
+                    assert time.monotonic() < deadline, f"not ready in {timeout:g} s: {command}"
+                    await asyncio.sleep(0.3)
+                return
+            # the marker comes after the command: echoed once the command has returned
+            typed = f"{command}\recho {marker}-$((6*7))\r"
+            await conn.write_message(json.dumps(["stdin", typed]))
+            out = ""
+            while f"{marker}-42" not in out and time.monotonic() < deadline:
+                msg = await asyncio.wait_for(conn.read_message(), deadline - time.monotonic())
+                if msg is None:
+                    break
+                kind, *rest = json.loads(msg)
+                if kind == "stdout":
+                    out += rest[0]
+            assert f"{marker}-42" in out, out[-2000:]
+        finally:
+            conn.close()
 
     asyncio.run(go())
     return name
+
+
+def start_workload(p: Platform, user: str, w: Workload, server: str = "") -> int:
+    """Start a watch-list workload in a terminal as a user would, and return its pid once the
+    server's own scan reports it by the name it should have; with ``w.close_terminal`` the
+    terminal is closed after that, and it is still reported once the terminal has gone."""
+    prefix = f"{server}/" if server else ""
+
+    def seen() -> int:
+        r = p.server(user, f"{prefix}api/kqi/activity")
+        assert r.status_code == 200, r.text
+        for x in r.json()["watched_processes"]:
+            if w.marker in " ".join(x["cmdline"]) and x["name"].startswith(w.watch):
+                return x["pid"]
+        return 0
+
+    name = start_in_terminal(p, user, w.command, server, ready=lambda: bool(seen()))
+    if w.close_terminal:
+        close_terminal(p, user, name, server)
+        terminals = p.server(user, f"{prefix}api/terminals").json()
+        assert name not in {t["name"] for t in terminals}, terminals
+    pid = seen()
+    assert pid, f"{w.name} not seen in {user}'s server after its terminal closed"
+    return pid
 
 
 def close_terminal(p: Platform, user: str, name: str, server: str = "") -> None:

@@ -8,12 +8,16 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,28 @@ c.JupyterHub.services[0]["command"] += [
 ]
 c.JupyterHub.services.append({{"name": "test-admin", "api_token": {token!r}, "admin": True}})
 """
+
+
+@contextmanager
+def private_platform(
+    name: str, extra_config: str = "", isolation: str = "none"
+) -> Iterator[Platform]:
+    """A platform of its own for a test module: started in a fresh folder, stopped with
+    everything its servers left running, the folder removed (``KQI_TEST_KEEP=1`` keeps it:
+    hub log, data root). The folder is short and outside pytest's tmp: it shows up in every
+    bwrap command line of the log."""
+    base = Path(tempfile.mkdtemp(prefix=f"kqi-{name}-"))
+    os.chmod(base, 0o755)  # servers may run as other accounts
+    p = Platform(base, isolation=isolation, extra_config=extra_config)
+    try:
+        p.start()
+        yield p
+    finally:
+        p.stop()
+        if os.environ.get("KQI_TEST_KEEP"):
+            print(f"\nplatform files kept in {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 def free_port() -> int:

@@ -3,13 +3,10 @@ who may read it, browser access vs. tokens, kernels, watched processes, the fore
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -18,8 +15,15 @@ import requests
 
 from culler.rules import parse_time
 
-from .browser import Browser, close_terminal, execute, start_in_terminal, start_kernel
-from .platform import Platform
+from .browser import (
+    Browser,
+    close_terminal,
+    execute,
+    start_in_terminal,
+    start_kernel,
+    start_workload,
+)
+from .platform import Platform, private_platform
 from .workloads import RENAME_PT, Workload, workloads, write_files
 
 IDLE = 7200  # long enough that nothing is culled here, and lifetime forecasts come first
@@ -34,18 +38,8 @@ c.KqiCuller.idle_timeout = {IDLE}
 def p() -> Iterator[Platform]:
     if not shutil.which("bwrap") or not shutil.which("lmp"):
         pytest.fail("bubblewrap and lammps must be installed; ./setup-and-test.sh does that")
-    base = Path(tempfile.mkdtemp(prefix="kqi-activity-"))
-    os.chmod(base, 0o755)
-    platform = Platform(base, isolation="bubblewrap", extra_config=CONFIG)
-    try:
-        platform.start()
-        yield platform
-    finally:
-        platform.stop()
-        if os.environ.get("KQI_TEST_KEEP"):
-            print(f"\nplatform files kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
+    with private_platform("activity", CONFIG, isolation="bubblewrap") as q:
+        yield q
 
 
 def activity(p: Platform, user: str) -> dict[str, Any]:
@@ -77,6 +71,7 @@ def test_only_owner_and_tokens_with_access(p: Platform) -> None:
             "last_browser_access",
             "kernels",
             "watched_processes",
+            "last_watched_process",
             "forecast",
         }
     finally:
@@ -172,10 +167,7 @@ def test_watched_processes_of_this_server(p: Platform) -> None:
         assert psutil.Process(kernel_pid).name() == "pt_main_thread"
         # a program not on the watch list
         quiet = start_in_terminal(p, "wes", "sleep 600 &")
-        for w in loads:
-            name = start_in_terminal(p, "wes", w.command)
-            if w.close_terminal:
-                close_terminal(p, "wes", name)
+        started = {w.name: start_workload(p, "wes", w) for w in loads}
 
         def seen_as_expected(w: Workload, found: list[dict[str, Any]]) -> bool:
             hits = _by_marker(found, w.marker)
@@ -183,13 +175,8 @@ def test_watched_processes_of_this_server(p: Platform) -> None:
                 return any(h["name"] == "pt_main_thread" for h in hits)
             return any(h["name"].startswith(w.watch) for h in hits)
 
-        deadline = time.monotonic() + 60
-        while True:
-            found = activity(p, "wes")["watched_processes"]
-            if all(seen_as_expected(w, found) for w in loads):
-                break
-            assert time.monotonic() < deadline, f"not all found: {found}"
-            time.sleep(1)
+        found = activity(p, "wes")["watched_processes"]  # all of them, at once
+        assert all(seen_as_expected(w, found) for w in loads), found
         for w in loads:
             assert all(psutil.Process(h["pid"]).is_running() for h in _by_marker(found, w.marker))
         pt = [h for w in loads if w.watch == "pt_main_thread" for h in _by_marker(found, w.marker)]
@@ -201,15 +188,12 @@ def test_watched_processes_of_this_server(p: Platform) -> None:
         # ... except the kernel papermill started for its notebook
         assert all("ipykernel" in " ".join(w["cmdline"]) for w in others), others
         assert len(others) <= 1
-        nohup_pid = _by_marker(found, "nohup_wes.py")[0]["pid"]
         close_terminal(p, "wes", quiet)
     finally:
         p.stop_server("wes")
-    # stopping the server ends what it left running, as a pod would
-    deadline = time.monotonic() + 10
-    while running(nohup_pid) and time.monotonic() < deadline:
-        time.sleep(0.3)
-    assert not running(nohup_pid)
+    # stopping the server ends what it left running, as a pod would (env -i included)
+    left = {w: pid for w, pid in started.items() if running(pid)}
+    assert left == {}, left
 
 
 def running(pid: int) -> bool:

@@ -10,14 +10,12 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import psutil
@@ -26,9 +24,9 @@ import requests
 
 from culler.rules import parse_time
 
-from .browser import Browser, KeepAlive, close_terminal, execute, start_in_terminal, start_kernel
-from .platform import Platform
-from .workloads import RENAME_PT, workloads, write_files
+from .browser import Browser, KeepAlive, execute, start_kernel, start_workload
+from .platform import Platform, private_platform
+from .workloads import RENAME_PT, Workload, workloads, write_files
 
 IDLE = 12  # seconds; a browser keeps each server open while its scenario is set up
 BASE_CONFIG = """
@@ -40,26 +38,12 @@ c.KqiCuller.api_timeout = 2
 """
 
 
-def _platform(name: str, config: str) -> Iterator[Platform]:
-    base = Path(tempfile.mkdtemp(prefix=f"kqi-{name}-"))
-    os.chmod(base, 0o755)
-    p = Platform(base, isolation="none", extra_config=BASE_CONFIG + config)
-    try:
-        p.start()
-        yield p
-    finally:
-        p.stop()
-        if os.environ.get("KQI_TEST_KEEP"):
-            print(f"\nplatform files kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
-
-
 @pytest.fixture(scope="module")
 def p() -> Iterator[Platform]:
     if not shutil.which("lmp"):
         pytest.fail("LAMMPS (lmp) is not installed; ./setup-and-test.sh installs it")
-    yield from _platform("culler", f"c.KqiCuller.idle_timeout = {IDLE}\n")
+    with private_platform("culler", BASE_CONFIG + f"c.KqiCuller.idle_timeout = {IDLE}\n") as q:
+        yield q
 
 
 def now() -> datetime:
@@ -119,19 +103,7 @@ def _renamed_kernel(p: Platform, user: str) -> None:
 def _workload(index: int) -> Callable[[Platform, str], None]:
     def setup(p: Platform, user: str) -> None:
         write_files(p.home(user), user)
-        w = workloads(user)[index]
-        name = start_in_terminal(p, user, w.command)
-        if w.close_terminal:
-            close_terminal(p, user, name)
-
-        # started: wait until the server itself sees it, by the name it should have
-        def seen() -> bool:
-            found = p.server(user, "api/kqi/activity").json()["watched_processes"]
-            return any(
-                w.marker in " ".join(x["cmdline"]) and x["name"].startswith(w.watch) for x in found
-            )
-
-        wait_for(seen, 60, f"{w.name} not seen in {user}'s server")
+        start_workload(p, user, workloads(user)[index])
 
     return setup
 
@@ -335,6 +307,41 @@ def test_cull_events_users_see_their_own_admins_all(p: Platform, outcome: Outcom
         assert r.status_code == 403, r.text
 
 
+def test_pipeline_is_kept_between_its_watched_steps(p: Platform, outcome: Outcome) -> None:
+    """A script whose watched step (lmp) outlasts the idle threshold, then runs a step that
+    is not watched: the idle clock starts when lmp ended, not at the last browser access."""
+    user = "pipe-pia"
+    browser = Browser(p, user)
+    assert p.spawn(user).status_code in (201, 202)
+    p.wait_ready(user)
+    browser.open_lab()
+    keep = KeepAlive(browser)
+    home = p.home(user)
+    (home / "in_pipe.sleep").write_text("shell sleep 600\n")
+    (home / "pipe.sh").write_text("lmp -in in_pipe.sleep -log none\nsleep 600\n")
+    step = Workload("pipeline", "sh pipe.sh", "in_pipe.sleep", "lmp")
+    lmp = start_workload(p, user, step)
+    keep.close()
+    release = now()
+    # the lmp step keeps the server past the idle threshold counted from the tab's close
+    wait_for(lambda: now() > release + timedelta(seconds=IDLE + 4), IDLE + 10, "clock")
+    assert running(p, user)
+    assert not any(e["user"] == user for e in events(p, outcome.admin))
+    os.kill(lmp, signal.SIGTERM)  # the step ends; the next one (sleep) is not watched
+    ended = now()
+    wait_for(
+        lambda: not p.server(user, "api/kqi/activity").json()["watched_processes"],
+        30,
+        "lmp still seen after it ended",
+    )
+    wait_for(lambda: any(e["user"] == user for e in events(p, outcome.admin)), IDLE + 30, "cull")
+    e = next(e for e in events(p, outcome.admin) if e["user"] == user)
+    after = (parse_time(e["culled_at"]) - ended).total_seconds()
+    assert after >= IDLE - 3, after  # the last probe that saw lmp was at most `every` before
+    assert e["rule"] == "idle" and e["measured"]["idle_since_ended"] == "lmp", e
+    assert re.match(r"idle for [\d.]+ s since lmp ended \(max 12 s\)", e["reason"]), e["reason"]
+
+
 def _culler_env(p: Platform) -> dict[str, str]:
     return dict(
         os.environ,
@@ -401,7 +408,8 @@ SLACK = 20  # seconds a cull may come after its threshold on a loaded 2-core mac
 
 @pytest.fixture(scope="module")
 def short() -> Iterator[Platform]:
-    yield from _platform("culler-short", SHORT)
+    with private_platform("culler-short", BASE_CONFIG + SHORT) as q:
+        yield q
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ class Workload:
 def write_files(home: Path, tag: str) -> None:
     """The scripts, notebook and LAMMPS input the workloads run, in the user's home."""
     home.mkdir(parents=True, exist_ok=True)
-    for kind in ("fg", "nohup", "setsid"):
+    for kind in ("fg", "nohup", "setsid", "envi"):
         (home / f"{kind}_{tag}.py").write_text("import time\ntime.sleep(600)\n")
     nb = {
         "cells": [
@@ -65,6 +65,14 @@ def workloads(tag: str) -> list[Workload]:
             "setsid-python3",
             f"setsid python3 setsid_{tag}.py </dev/null >/dev/null 2>&1 &",
             f"setsid_{tag}.py",
+            "python",
+            close_terminal=True,
+        ),
+        # env -i drops every variable, the server's marker too: found by the tree alone
+        Workload(
+            "envi-python3",
+            f"nohup env -i python3 envi_{tag}.py >/dev/null 2>&1 &",
+            f"envi_{tag}.py",
             "python",
             close_terminal=True,
         ),
