@@ -5,9 +5,11 @@ supervisor that runs outside the sandbox."""
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from pathlib import Path
 
+import psutil
 import pytest
 
 from hub_ext.layout import job_dir, plan_job
@@ -78,5 +80,38 @@ def test_job_python_settings_do_not_reach_the_supervisor(tmp_path: Path) -> None
         state = await r.poll("ann", 3, ref)
         assert (state.state, state.exit_code) == ("exited", 0), state
         assert "home=/nowhere" in (jdir / "logs" / "output.log").read_text()
+
+    asyncio.run(scenario())
+
+
+def _alive(tag: str) -> list[int]:
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        if (p.info["cmdline"] or [])[:2] == ["sleep", tag] and p.info["status"] != "zombie":
+            found.append(p.pid)
+    return found
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_nothing_of_a_job_outlives_it(tmp_path: Path, isolation: str) -> None:
+    """A job that leaves programs behind in other sessions, one of them with no environment
+    at all (``env -i`` drops the job's mark): when the job ends, they end too."""
+    tag = f"43{os.getpid() % 1000:03d}{len(isolation)}"
+    command = (
+        f"( setsid env -i sleep {tag} & ); nohup env -i sleep {tag} >/dev/null 2>&1 & "
+        f"( ( sleep {tag} & ) & ); "
+        f"while [ \"$(pgrep -fc '^sleep {tag}$')\" -lt 3 ]; do sleep 0.05; done; "
+        "echo left three"
+    )
+
+    async def scenario() -> None:
+        r, changed = runner(tmp_path, isolation)
+        jdir = prepare(tmp_path, 4)
+        ref = await r.start(launch(4, command))
+        await asyncio.wait_for(changed.wait(), 60)
+        state = await r.poll("ann", 4, ref)
+        assert (state.state, state.exit_code) == ("exited", 0), state
+        assert "left three" in (jdir / "logs" / "output.log").read_text()
+        assert _alive(tag) == []
 
     asyncio.run(scenario())

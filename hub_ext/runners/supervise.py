@@ -6,13 +6,16 @@ a restart (or ``kill -9``) of the service. Files it writes in the logs folder:
 ``status.json`` (written last, atomically: exit code, reason, end time).
 
 SIGTERM asks for a stop: the job's process group gets SIGTERM, then SIGKILL after the grace
-period; so does a job over its timeout. Processes marked with the job's KQI_JOB_MARK that left
-the group (setsid, nohup) are killed too: a finished job leaves nothing running.
+period; so does a job over its timeout. The supervisor is a child subreaper, so what left the
+group (setsid, nohup, a double fork, even ``env -i``, which drops the job's KQI_JOB_MARK) is
+adopted by it and stays below it: all of that is signalled too, and so is anything still
+carrying the mark. A finished job leaves nothing running.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import select
@@ -33,15 +36,43 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def marked_processes(mark: str) -> list[psutil.Process]:
-    found = []
-    for p in psutil.process_iter():
+def adopt_orphans() -> None:
+    """PR_SET_CHILD_SUBREAPER: the job's orphans become the supervisor's children."""
+    try:
+        ctypes.CDLL(None).prctl(36, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass  # not Linux: the mark still finds most
+
+
+def job_processes(mark: str) -> list[psutil.Process]:
+    """What runs of the job: everything below the supervisor, and whatever carries the mark."""
+    me = os.getpid()
+    found = {p.pid: p for p in psutil.Process(me).children(recursive=True)}
+    if mark:
+        for p in psutil.process_iter():
+            try:
+                if p.pid != me and p.pid not in found and p.environ().get("KQI_JOB_MARK") == mark:
+                    found[p.pid] = p
+            except (psutil.Error, OSError):
+                continue
+    alive = []
+    for p in found.values():
         try:
-            if p.environ().get("KQI_JOB_MARK") == mark and p.pid != os.getpid():
-                found.append(p)
-        except (psutil.Error, OSError):
+            if p.status() != psutil.STATUS_ZOMBIE:
+                alive.append(p)
+        except psutil.Error:
             continue
-    return found
+    return alive
+
+
+def reap(main: int) -> None:
+    """Collect adopted children that ended (``main``, the job's own, is Popen's to wait for)."""
+    for p in psutil.Process().children():
+        try:
+            if p.pid != main and p.status() == psutil.STATUS_ZOMBIE:
+                os.waitpid(p.pid, os.WNOHANG)
+        except (psutil.Error, ChildProcessError):
+            continue
 
 
 def kill_all(child: subprocess.Popen, mark: str, sig: int) -> None:
@@ -49,7 +80,7 @@ def kill_all(child: subprocess.Popen, mark: str, sig: int) -> None:
         os.killpg(child.pid, sig)
     except (ProcessLookupError, PermissionError):
         pass
-    for p in marked_processes(mark):
+    for p in job_processes(mark):
         try:
             p.send_signal(sig)
         except psutil.Error:
@@ -103,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     # handlers first: supervisor.json tells the runner that a stop will now be honoured
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    adopt_orphans()
     me = psutil.Process()
     _write_json(logs / "supervisor.json", {"pid": me.pid, "create_time": me.create_time()})
 
@@ -124,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             rc = ended(0.2)
             if rc is not None:
                 break
+            reap(child.pid)
             now = time.monotonic()
             if deadline is not None and now > deadline and stop_at is None:
                 reason, stop_at = "timeout", now
@@ -133,17 +166,21 @@ def main(argv: list[str] | None = None) -> int:
                 killed = True
                 kill_all(child, mark, signal.SIGKILL)
         # the main process ended: nothing of the job may outlive it
-        leftovers = marked_processes(mark) if mark else []
+        leftovers = job_processes(mark)
         try:
             os.killpg(child.pid, signal.SIGTERM)
         except (ProcessLookupError, PermissionError):
             pass
-        if leftovers:
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                kill_all(child, mark, sig)
-                _gone, leftovers = psutil.wait_procs(leftovers, timeout=2)
-                if not leftovers:
-                    break
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if not leftovers:
+                break
+            kill_all(child, mark, sig)
+            deadline = time.monotonic() + 2
+            while leftovers and time.monotonic() < deadline:
+                reap(child.pid)
+                time.sleep(0.05)
+                leftovers = job_processes(mark)
+        reap(child.pid)
 
     _write_json(
         logs / "status.json",
