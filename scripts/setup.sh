@@ -20,6 +20,8 @@ command -v npm >/dev/null || need+=(npm)
 if [[ -n "$extras" ]]; then
   command -v lmp >/dev/null || need+=(lammps)  # tests: LAMMPS is on the culler's watch list
   [[ -x /usr/bin/chromium ]] || need+=(chromium)  # browser tests (Playwright drives it)
+  command -v tmux >/dev/null || need+=(tmux)  # tests: a tmux server is not a watched program
+  command -v pgrep >/dev/null || need+=(procps)  # tests: jobs that wait for their children
 fi
 python3 -c 'import ensurepip, venv' 2>/dev/null || need+=(python3-venv)
 need+=("${apt_extra[@]}")
