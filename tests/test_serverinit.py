@@ -4,6 +4,7 @@ the server's tree stays below it, the scan sees it at every pass, and nothing ou
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -179,6 +180,44 @@ while :; do sleep 0.1; done
     init.proc.communicate(timeout=60)
     assert init.proc.returncode == 0
     assert init.ours() == {}
+
+
+def test_mpirun_ranks_left_by_a_closed_terminal_are_watched_and_ended(tmp_path: Path) -> None:
+    """``setsid nohup mpirun -np 2 lmp`` without any environment: both LAMMPS ranks are seen
+    below the init (by their own names; mpirun itself runs no watched program), and a stop
+    ends them."""
+    if not shutil.which("mpirun") or not shutil.which("lmp"):
+        pytest.fail("mpirun and lmp must be installed; ./setup-and-test.sh installs lammps")
+    (tmp_path / "in.sleep").write_text("shell sleep 600\n")
+    script = """echo "server $$"
+cd "$DIR"
+( setsid nohup env -i PATH=/usr/bin:/bin mpirun --allow-run-as-root --oversubscribe \
+    -np 2 lmp -in in.sleep -log none >/dev/null 2>&1 & )
+trap 'exit 0' TERM
+while :; do sleep 0.1; done
+"""
+    init = start_init(tmp_path, script, "--grace=2")
+
+    def ranks() -> list[procscan.WatchedProcess]:
+        found = procscan.scan_proc(init.server, set(), "", DEFAULT_WATCH, init.proc.pid)
+        return [w for w in found if w.name == "lmp"]
+
+    try:
+        wait_until(lambda: len(ranks()) == 2, timeout=60)
+        pids = [w.pid for w in ranks()]
+        found = procscan.scan_proc(init.server, set(), "", DEFAULT_WATCH, init.proc.pid)
+        assert {w.name for w in found} == {"lmp"}, found
+    finally:
+        os.killpg(init.proc.pid, signal.SIGTERM)
+        init.proc.communicate(timeout=60)
+    assert not [p for p in pids if psutil.pid_exists(p) and _running(p)]
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 def test_tmux_is_not_watched_for_what_its_arguments_say(tmp_path: Path) -> None:
