@@ -337,6 +337,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         if isinstance(cmdline, list):
             cmdline = " ".join(cmdline)
         print(f"keeps the server up: pid {proc['pid']} {proc['name']}: {cmdline[:60]}")
+    last = activity.get("last_watched_process")
+    if last and not activity.get("watched_processes"):
+        print(f"last watched program: {last['name']}, seen {last['seen']} (idle counts from then)")
     return OK
 
 

@@ -60,6 +60,15 @@ def test_kqi_layout_in_a_terminal(platform: Platform) -> None:
         status, out = p.run_in_server("hal", "kqi status")
         assert status == 0 and "auto-stop in" in out and ": idle (" in out, out
         assert "kernels: 0 (0 busy)" in out
+        # a watched program keeps it up; once it ended, the status says since when idle counts
+        status, out = p.run_in_server(
+            "hal",
+            'python3 -c "import time; time.sleep(600)" & '
+            'until kqi status | grep -q "keeps the server up: pid $!"; do sleep 0.2; done; '
+            "kill $! && wait; kqi status",
+            timeout=120,
+        )
+        assert status == 0 and "last watched program: python3, seen " in out, out
     finally:
         p.stop_server("hal")
 
