@@ -6,23 +6,20 @@ go to test-artifacts/screenshots/dashboard-*.png."""
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+from playwright.sync_api import expect
 
 from culler.rules import RULES, parse_time
 
 from .jobs import submit, wait_job
-from .platform import Platform
+from .platform import Platform, private_platform
 from .pw import login, shot
 
 LIFETIME_HOURS = 0.005  # 18 s: carl's server is stopped by the lifetime rule
@@ -38,18 +35,10 @@ CARL_PASSWORD = "carl-pw-7f3a9c"
 
 @pytest.fixture(scope="module")
 def p() -> Iterator[Platform]:
-    base = Path(tempfile.mkdtemp(prefix="kqi-dash-"))
-    os.chmod(base, 0o755)
-    q = Platform(base, isolation="none", extra_config=CONFIG)
-    try:
-        q.start()
+    with private_platform("dash", CONFIG) as q:
         q.add_dataset("dash-alpha", {"alpha.csv": "x,y\n1,2\n"})
         q.add_dataset("dash-beta", {"beta.txt": "beta"})
         yield q
-    finally:
-        q.stop()
-        if not os.environ.get("KQI_TEST_KEEP"):
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def signup(p: Platform, user: str, password: str) -> None:
@@ -67,6 +56,14 @@ def signup(p: Platform, user: str, password: str) -> None:
         timeout=30,
     )
     assert "signup was successful" in r.text, r.text[-800:]
+
+
+def lab_started(page: Any) -> None:
+    """JupyterLab has finished starting: the file browser has restored its folder and opened
+    what the URL names (until then it carries ``jp-mod-restoring``, and a listing shown
+    earlier may still be replaced or navigated away from under a click)."""
+    page.wait_for_selector(".jp-LabShell", timeout=60_000)
+    page.locator("#filebrowser:not(.jp-mod-restoring)").wait_for(state="attached", timeout=60_000)
 
 
 def cull_events(p: Platform, token: str) -> list[dict[str, Any]]:
@@ -120,6 +117,7 @@ def test_spawn_form_with_two_datasets_lands_in_lab_showing_input(
     shot(page, "dashboard-02-spawn-form-filled")
     page.click("#spawn_form button[type=submit]")
     page.wait_for_url("**/user/admin/lab**", timeout=120_000)
+    lab_started(page)
     browser_item = page.locator(".jp-DirListing-item[title^='Name: input']")
     browser_item.wait_for(timeout=60_000)
     shot(page, "dashboard-03-lab-home")
@@ -127,7 +125,7 @@ def test_spawn_form_with_two_datasets_lands_in_lab_showing_input(
     alpha = page.locator(".jp-DirListing-item[title^='Name: dash-alpha']")
     alpha.wait_for(timeout=30_000)
     assert page.locator(".jp-DirListing-item[title^='Name: dash-beta']").is_visible()
-    assert "input" in page.locator(".jp-FileBrowser .jp-BreadCrumbs").inner_text()
+    expect(page.locator(".jp-FileBrowser .jp-BreadCrumbs")).to_contain_text("input")
     shot(page, "dashboard-04-lab-input-folder")
 
 
@@ -154,11 +152,11 @@ def test_admin_dashboard_shows_server_jobs_and_cull_history(
     assert "UTC" in forecast
     assert "ago" in row.inner_text()  # the last browser access
 
-    # a kernel shows with its state and idle time
+    # a kernel shows with its state and idle time: the page asks each server as it is
+    # rendered, and the kernel is listed once its start has been answered
     r = p.server("admin", "api/kernels", method="POST", json={"name": "python3"})
     assert r.status_code == 201, r.text
     kernel = r.json()["id"]
-    time.sleep(2)
     page.reload()
     kernels = row.locator("td", has_text=kernel[:8]).inner_text()
     assert re.search(

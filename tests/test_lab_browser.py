@@ -7,17 +7,14 @@ The steps share one browser tab on one platform (module scope) and run in file o
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import tempfile
-import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
+from playwright.sync_api import expect
 
-from .platform import Platform
+from .platform import Platform, private_platform
 from .pw import login, shot
 
 USER = "admin"  # the platform's first admin, whose password the platform writes to a file
@@ -50,16 +47,14 @@ NOTEBOOK = {
     "nbformat_minor": 5,
 }
 COUNTDOWN = re.compile(r"auto-stop in (?:(\d+) min )?(\d+) s: idle")
+COUNTDOWN_JS = r"/^auto-stop in (?:\d+ min )?\d+ s: idle$/"
+FINISHED = ("succeeded", "failed", "stopped", "lost")
 LONG_SCRIPT = "import time\nprint('long job started', flush=True)\ntime.sleep(600)\n"
 
 
 @pytest.fixture(scope="module")
 def lab_platform() -> Iterator[Platform]:
-    base = Path(tempfile.mkdtemp(prefix="kqi-lab-"))
-    os.chmod(base, 0o755)
-    p = Platform(base, isolation="none", extra_config=CONFIG)
-    try:
-        p.start()
+    with private_platform("lab", CONFIG) as p:
         p.add_dataset("mnist", {"train.csv": "a,b\n1,2\n"})
         p.add_dataset("qm9", {"molecules.xyz": "3\nwater\n"})
         r = p.spawn(USER, {"datasets": ["mnist", "qm9"]})
@@ -70,12 +65,6 @@ def lab_platform() -> Iterator[Platform]:
         (home / "work" / "analysis.ipynb").write_text(json.dumps(NOTEBOOK))
         (home / "work" / "long.py").write_text(LONG_SCRIPT)
         yield p
-    finally:
-        p.stop()
-        if os.environ.get("KQI_TEST_KEEP"):
-            print(f"\nplatform files kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -87,9 +76,7 @@ def lab(chromium, lab_platform: Platform) -> Iterator[object]:
     password = lab_platform.password_file.read_text().strip()
     login(page, lab_platform, USER, password)
     shot(page, "lab-01-logged-in")
-    page.goto(f"{lab_platform.url}/user/{USER}/lab")
-    page.wait_for_selector(".jp-LabShell", timeout=60_000)
-    page.wait_for_selector(".kqi-autostop")
+    open_lab(page, f"{lab_platform.url}/user/{USER}/lab")
     yield page
     context.close()
 
@@ -103,34 +90,83 @@ def shot_on_failure(request, lab) -> Iterator[None]:
         shot(lab, f"lab-FAILED-{request.node.name}")
 
 
+def open_lab(page, url: str) -> None:
+    """Load JupyterLab at ``url`` and return once it has finished starting.
+
+    JupyterLab opens the file of a /lab/tree/<path> URL last, after it has put back the
+    workspace's layout (which may hold that notebook already, shown at once): it then brings
+    the file's tab to the front and focuses it, over whatever was opened meanwhile. A job
+    submitted from the notebook in those first seconds had its view hidden behind the
+    notebook again, and its buttons never became visible. The default file browser carries
+    ``jp-mod-restoring`` until that is done (an empty main area gets its launcher in the same
+    task)."""
+    if page.url == url:
+        page.reload()
+    else:
+        page.goto(url)
+    page.wait_for_selector(".jp-LabShell", timeout=60_000)
+    page.locator("#filebrowser:not(.jp-mod-restoring)").wait_for(state="attached", timeout=60_000)
+
+
 def job_row(page, job_id: int):
     return page.locator(f"#kqi-jobs li.kqi-job-row[data-job-id='{job_id}']")
 
 
 def wait_status(page, job_id: int, status: str, timeout: float = 90) -> None:
-    """The job's row in the Jobs sidebar shows ``status`` (the sidebar refreshes itself)."""
-    row = job_row(page, job_id).locator(".kqi-status")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if row.count() and row.inner_text() == status:
-            return
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id}: {row.inner_text() if row.count() else 'no row'}")
+    """The job's row in the Jobs sidebar, shown, says ``status`` (the sidebar refreshes
+    itself while it is shown)."""
+    row = job_row(page, job_id)
+    expect(row).to_be_visible(timeout=30_000)
+    expect(row.locator(".kqi-status")).to_have_text(status, timeout=timeout * 1000)
+
+
+def current_job_view(page, job_id: int, status: str | None = None, timeout: float = 90):
+    """The job's view once it is what the user looks at: the current tab of the main area
+    (the one with the keyboard focus last), shown, not behind another tab; with ``status``,
+    once the view itself says so (not only the sidebar: the view asks on its own), and for a
+    finished job with Stop disabled and the log read to its end. Returns its locator."""
+    try:
+        page.wait_for_function(
+            JOB_VIEW_READY, arg=[job_id, status, status in FINISHED], timeout=timeout * 1000
+        )
+    except PlaywrightTimeoutError as e:
+        seen = page.evaluate(JOB_VIEW_STATE, job_id)
+        raise AssertionError(f"job view {job_id} not current with status {status}: {seen}") from e
+    return page.locator(f"#kqi-job-view-{job_id}")
+
+
+JOB_VIEW_READY = """([id, status, finished]) => {
+    const view = document.getElementById(`kqi-job-view-${id}`);
+    const tab = document.querySelector(
+        `.lm-DockPanel-tabBar .lm-TabBar-tab[data-id="kqi-job-view-${id}"]`);
+    if (!view || !tab || !view.checkVisibility()) return false;
+    if (!tab.classList.contains('lm-mod-current')) return false;  // in front in its tab bar
+    if (!tab.classList.contains('jp-mod-current')) return false;  // the shell's current one
+    if (!status) return true;
+    if (!view.querySelector(`.kqi-job-facts dd.kqi-status-${status}`)) return false;
+    return !finished || (view.querySelector('button.kqi-stop').disabled &&
+        view.querySelector('.kqi-log').dataset.complete === 'true');
+}"""
+JOB_VIEW_STATE = """(id) => {
+    const view = document.getElementById(`kqi-job-view-${id}`);
+    const current = document.querySelector('.lm-DockPanel-tabBar .lm-TabBar-tab.lm-mod-current');
+    return {
+        view: !!view, shown: !!view && view.checkVisibility(),
+        front_tab: current && current.textContent,
+        shell_current: document.querySelector('.lm-TabBar-tab.jp-mod-current')?.textContent,
+        status: view?.querySelector('.kqi-job-facts dd.kqi-status')?.textContent,
+        log_complete: view?.querySelector('.kqi-log')?.dataset.complete,
+        focus: document.activeElement?.className,
+    };
+}"""
 
 
 def show_sidebar(page, panel_id: str) -> None:
-    """Bring a left sidebar panel forward (its tab toggles it: click only while hidden)."""
-    tab = page.locator(f".jp-SideBar li[data-id='{panel_id}']")
+    """Bring a left sidebar panel forward (its tab toggles it: clicked only while hidden)."""
     panel = page.locator(f"#{panel_id}")
-    for _ in range(5):
-        if panel.is_visible():
-            return
-        tab.click()
-        try:
-            panel.wait_for(timeout=3000)
-        except Exception:  # noqa: BLE001 - restoring the layout may hide it again; retry
-            continue
-    panel.wait_for(timeout=3000)
+    if not panel.is_visible():
+        page.locator(f".jp-SideBar li[data-id='{panel_id}']").click()
+    panel.wait_for()
 
 
 def show_jobs(page) -> None:
@@ -138,19 +174,27 @@ def show_jobs(page) -> None:
     page.wait_for_selector("#kqi-jobs .kqi-job-list")
 
 
+def expect_crumbs(page, path: str) -> None:
+    """The file browser shows the folder ``path`` (its breadcrumbs, spaces aside)."""
+    parts = r"\s*/\s*".join(re.escape(p) for p in path.strip("/").split("/"))
+    crumbs = page.locator(".jp-FileBrowser .jp-BreadCrumbs")
+    expect(crumbs).to_have_text(re.compile(rf"/\s*{parts}\s*/"), timeout=30_000)
+
+
 def test_lab_shows_mounted_inputs_and_forecast(lab, lab_platform: Platform) -> None:
     mounted = lab.locator(".kqi-mounted")
-    mounted.wait_for()
-    assert mounted.inner_text() == "mounted: 2 datasets"
-    assert COUNTDOWN.fullmatch(lab.locator(".kqi-autostop").inner_text())
+    # both are filled in by requests of their own after the page has loaded
+    expect(mounted).to_have_text("mounted: 2 datasets", timeout=30_000)
+    expect(lab.locator(".kqi-autostop")).to_have_text(COUNTDOWN, timeout=30_000)
     mounted.click()
     dialog = lab.locator(".jp-Dialog")
-    assert "dataset mnist: ~/input/mnist" in dialog.inner_text()
-    assert "dataset qm9: ~/input/qm9" in dialog.inner_text()
+    expect(dialog).to_contain_text("dataset mnist: ~/input/mnist")
+    expect(dialog).to_contain_text("dataset qm9: ~/input/qm9")
     shot(lab, "lab-02-mounted-inputs")
     dialog.locator("button.jp-mod-accept").click()
+    dialog.wait_for(state="detached")
     # the datasets are in the file browser under ~/input
-    lab.goto(f"{lab_platform.url}/user/{USER}/lab/tree/input")
+    open_lab(lab, f"{lab_platform.url}/user/{USER}/lab/tree/input")
     show_sidebar(lab, "filebrowser")
     lab.wait_for_selector(".jp-DirListing-item[title^='Name: mnist']")
     assert lab.locator(".jp-DirListing-item[title^='Name: qm9']").count() == 1
@@ -158,7 +202,7 @@ def test_lab_shows_mounted_inputs_and_forecast(lab, lab_platform: Platform) -> N
 
 
 def test_submit_notebook_as_job(lab, lab_platform: Platform) -> None:
-    lab.goto(f"{lab_platform.url}/user/{USER}/lab/tree/work/analysis.ipynb")
+    open_lab(lab, f"{lab_platform.url}/user/{USER}/lab/tree/work/analysis.ipynb")
     lab.wait_for_selector(".jp-NotebookPanel .cm-content")
     # an unsaved edit: submitting saves it first, so the job prints it
     lab.locator(".jp-NotebookPanel .cm-content").first.click()
@@ -178,32 +222,26 @@ def test_submit_notebook_as_job(lab, lab_platform: Platform) -> None:
     shot(lab, "lab-04-submit-dialog")
     dialog.locator("button.jp-mod-accept").click()
 
-    show_jobs(lab)
-    job_row(lab, 1).wait_for()
+    # the submission shows the Jobs sidebar and opens the job in front
     wait_status(lab, 1, "succeeded")
-    view = lab.locator("#kqi-job-view-1")
-    log = view.locator(".kqi-log")
-    lab.wait_for_function(
-        "() => document.querySelector('#kqi-job-view-1 .kqi-log')?.dataset.complete === 'true'"
-    )
-    assert "hello from the notebook" in log.inner_text()
-    assert "edited before submitting" in log.inner_text()
+    view = current_job_view(lab, 1, "succeeded")
+    log = view.locator(".kqi-log").inner_text()
+    assert "hello from the notebook" in log and "edited before submitting" in log, log
     facts = view.locator(".kqi-job-facts").inner_text()
-    assert "succeeded (exit 0)" in facts and "mnist" in facts
+    assert "succeeded (exit 0)" in facts and "mnist" in facts, facts
     assert job_row(lab, 1).locator(".kqi-job-name").inner_text() == "analysis-run"
     shot(lab, "lab-05-job-succeeded")
 
     view.get_by_text("Open output folder").click()
     lab.wait_for_selector(".jp-DirListing-item[title^='Name: result.txt']")
-    crumbs = lab.locator(".jp-FileBrowser .jp-BreadCrumbs").inner_text()
-    assert "/jobs/1/output/" in re.sub(r"\s", "", crumbs), crumbs
+    expect_crumbs(lab, "jobs/1/output")
     shot(lab, "lab-06-output-folder")
 
 
 def test_continue_job(lab) -> None:
     show_jobs(lab)
     job_row(lab, 1).click()
-    view = lab.locator("#kqi-job-view-1")
+    view = current_job_view(lab, 1)
     view.get_by_text("Continue…").click()
     dialog = lab.locator(".jp-Dialog")
     assert dialog.locator("input[name=command]").input_value() == (
@@ -212,19 +250,15 @@ def test_continue_job(lab) -> None:
     dialog.locator("input[name=copy_output]").check()
     shot(lab, "lab-07-continue-dialog")
     dialog.locator("button.jp-mod-accept").click()
-    new = lab.locator("#kqi-job-view-2")
-    new.wait_for()
     wait_status(lab, 2, "succeeded")
-    lab.wait_for_function(
-        "() => document.querySelector('#kqi-job-view-2 .kqi-log')?.dataset.complete === 'true'"
-    )
+    new = current_job_view(lab, 2, "succeeded")
     assert "hello from the notebook" in new.locator(".kqi-log").inner_text()
     assert "Continued from#1" in new.locator(".kqi-job-facts").inner_text().replace("\n", "")
     shot(lab, "lab-08-continued-job")
 
 
 def test_stop_long_job(lab, lab_platform: Platform) -> None:
-    lab.goto(f"{lab_platform.url}/user/{USER}/lab/tree/work")
+    open_lab(lab, f"{lab_platform.url}/user/{USER}/lab/tree/work")
     show_sidebar(lab, "filebrowser")
     item = lab.locator(".jp-DirListing-item[title^='Name: long.py']")
     item.click(button="right")
@@ -233,24 +267,18 @@ def test_stop_long_job(lab, lab_platform: Platform) -> None:
     assert dialog.locator("select[name=mode]").input_value() == "script"
     assert dialog.locator("input[name=command]").input_value() == "python long.py"
     dialog.locator("button.jp-mod-accept").click()
-    view = lab.locator("#kqi-job-view-3")
-    view.wait_for()
     wait_status(lab, 3, "running")
-    lab.wait_for_function(
-        "() => document.querySelector('#kqi-job-view-3 .kqi-log')"
-        "?.textContent.includes('long job started')",
-        timeout=60_000,
-    )
+    view = current_job_view(lab, 3, "running")
+    expect(view.locator(".kqi-log")).to_contain_text("long job started", timeout=60_000)
     shot(lab, "lab-09-long-job-running")
     view.locator("button.kqi-stop").click()
     wait_status(lab, 3, "stopped", timeout=60)
-    view.locator("dd.kqi-status-stopped").wait_for()
-    assert view.locator("button.kqi-stop").is_disabled()
+    current_job_view(lab, 3, "stopped")
     shot(lab, "lab-10-long-job-stopped")
 
 
 def test_submit_papermill_with_parameters(lab, lab_platform: Platform) -> None:
-    lab.goto(f"{lab_platform.url}/user/{USER}/lab/tree/work/analysis.ipynb")
+    open_lab(lab, f"{lab_platform.url}/user/{USER}/lab/tree/work/analysis.ipynb")
     lab.wait_for_selector(".jp-NotebookPanel .cm-content", timeout=60_000)
     lab.locator(".jp-NotebookPanel-toolbar").get_by_text("Submit as job…").click()
     dialog = lab.locator(".jp-Dialog")
@@ -261,22 +289,21 @@ def test_submit_papermill_with_parameters(lab, lab_platform: Platform) -> None:
     dialog.locator("select[name=parent]").select_option("1")
     shot(lab, "lab-11-papermill-dialog")
     dialog.locator("button.jp-mod-accept").click()
-    view = lab.locator("#kqi-job-view-4")
-    view.wait_for(timeout=60_000)
+    current_job_view(lab, 4)
     # the keyboard follows: typing now goes to the job, not to the notebook behind it
     lab.wait_for_function("!!document.activeElement.closest('#kqi-job-view-4')", timeout=10_000)
     wait_status(lab, 4, "succeeded", timeout=120)
+    view = current_job_view(lab, 4, "succeeded")
     facts = view.locator(".kqi-job-facts").inner_text()
     assert "-p epochs 3" in facts and "-r label 'first try'" in facts, facts
     view.get_by_text("Open output folder").click()
     lab.wait_for_selector(".jp-DirListing-item[title^='Name: analysis.ipynb']", timeout=60_000)
-    crumbs = lab.locator(".jp-FileBrowser .jp-BreadCrumbs").inner_text()
-    assert "/jobs/4/output/" in re.sub(r"\s", "", crumbs), crumbs
+    expect_crumbs(lab, "jobs/4/output")
     shot(lab, "lab-12-papermill-output")
 
 
 def test_submit_refusal_is_shown(lab, lab_platform: Platform) -> None:
-    lab.goto(f"{lab_platform.url}/user/{USER}/lab/tree/work/long.py")
+    open_lab(lab, f"{lab_platform.url}/user/{USER}/lab/tree/work/long.py")
     lab.wait_for_selector(".jp-FileEditor")
     lab.locator(".jp-FileEditor").click()
     lab.keyboard.press("Control+Shift+C")
@@ -291,10 +318,12 @@ def test_submit_refusal_is_shown(lab, lab_platform: Platform) -> None:
     assert "include pattern must be relative" in error.inner_text()
     shot(lab, "lab-13-submit-refused")
     lab.locator(".jp-Dialog button.jp-mod-accept").click()
+    error.wait_for(state="detached")
 
 
 def test_auto_stop_countdown_and_warning(lab, lab_platform: Platform) -> None:
     item = lab.locator(".kqi-autostop")
+    expect(item).to_have_text(COUNTDOWN, timeout=30_000)
     first = item.inner_text()
     m = COUNTDOWN.fullmatch(first)
     assert m and 0 < int(m.group(1) or 0) * 60 + int(m.group(2)) <= IDLE, first
@@ -308,22 +337,23 @@ def test_auto_stop_countdown_and_warning(lab, lab_platform: Platform) -> None:
         json={"raw": json.dumps({"warnMinutes": 5, "activitySeconds": 2})},
     )
     assert r.status_code == 204, r.text
-    lab.reload()
-    lab.wait_for_selector(".jp-LabShell", timeout=60_000)
+    open_lab(lab, lab.url)
     toast = lab.locator(".Toastify__toast").filter(has_text="stops automatically")
     toast.wait_for(timeout=30_000)
     text = toast.inner_text()
     assert "idle (no browser access, no busy kernel or watched program)" in text, text
     # the countdown moves (a kernel busy for a moment forecasts the next rule, no-access,
     # meanwhile: idle needs every kernel idle)
-    seen: list[str] = []
-    deadline = time.monotonic() + 30
-    while len(set(seen)) < 2 and time.monotonic() < deadline:
-        text = item.inner_text()
-        if COUNTDOWN.fullmatch(text):
-            seen.append(text)
-        time.sleep(1)
-    assert len(set(seen)) >= 2, seen
+    expect(item).to_have_text(COUNTDOWN, timeout=30_000)
+    seen = item.inner_text()
+    lab.wait_for_function(
+        f"""(seen) => {{
+            const text = document.querySelector('.kqi-autostop')?.textContent || '';
+            return {COUNTDOWN_JS}.test(text) && text !== seen;
+        }}""",
+        arg=seen,
+        timeout=30_000,
+    )
     assert "kqi-mod-soon" in (item.get_attribute("class") or "")
     shot(lab, "lab-14-auto-stop-warning")
     item.click()

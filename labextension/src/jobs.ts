@@ -87,61 +87,108 @@ export class JobsPanel extends Widget {
   }
 
   async refresh(): Promise<void> {
+    // refreshes overlap (the timer, showing the panel, a submission): an answer to an older
+    // request arriving after a newer one's is dropped, so an older list never comes back
+    const seq = ++this.sent;
     let jobs: IJob[];
     try {
       jobs = await kqiGet<IJob[]>('jobs');
-      this.error.textContent = '';
     } catch (e) {
-      this.error.textContent = `Jobs cannot be listed: ${(e as Error).message}`;
+      if (seq > this.shown) {
+        this.shown = seq;
+        this.error.textContent = `Jobs cannot be listed: ${(e as Error).message}`;
+      }
       return;
     }
+    if (seq < this.shown || this.isDisposed) {
+      return;
+    }
+    this.shown = seq;
+    this.error.textContent = '';
     jobs.sort((a, b) => b.id - a.id);
-    this.list.textContent = '';
+    this.render(jobs);
+  }
+
+  /**
+   * Show `jobs`, newest first. A job's row stays the same element from one refresh to the
+   * next (only its text changes), so a row being clicked or hovered is not replaced under
+   * the pointer every few seconds.
+   */
+  private render(jobs: IJob[]): void {
+    this.jobs = new Map(jobs.map(j => [j.id, j]));
     if (!jobs.length) {
+      this.rows.clear();
+      this.list.textContent = '';
       this.list.appendChild(
         el('li', 'kqi-empty', 'No jobs yet. Use "Submit as job…" on a notebook or script.')
       );
+      return;
     }
-    for (const job of jobs) {
-      const li = el('li', 'kqi-job-row');
-      li.dataset.jobId = String(job.id);
-      li.title = `${job.command || ''}\nclick to open`;
-      const first = el('div', 'kqi-job-line');
-      first.appendChild(el('span', 'kqi-job-id', `#${job.id}`));
-      first.appendChild(el('span', 'kqi-job-name', job.name));
-      li.appendChild(first);
-      const second = el('div', 'kqi-job-line');
-      second.appendChild(el('span', `kqi-status kqi-status-${job.status}`, job.status));
-      second.appendChild(el('span', 'kqi-job-duration', jobDuration(job)));
-      if (job.created_at) {
-        second.appendChild(
-          el('span', 'kqi-job-created', shortTime(job.created_at))
-        );
+    for (const node of Array.from(this.list.children)) {
+      const id = Number((node as HTMLElement).dataset.jobId);
+      if (!this.jobs.has(id)) {
+        node.remove();
+        this.rows.delete(id);
       }
-      li.appendChild(second);
-      li.addEventListener('click', () => this.actions.open(job));
-      this.list.appendChild(li);
+    }
+    let next: ChildNode | null = this.list.firstChild;
+    for (const job of jobs) {
+      const li = this.row(job);
+      if (li !== next) {
+        this.list.insertBefore(li, next);
+      } else {
+        next = next.nextSibling;
+      }
     }
   }
 
+  /** The row of `job` (made on first sight), showing it as it is now. */
+  private row(job: IJob): HTMLLIElement {
+    let li = this.rows.get(job.id);
+    if (!li) {
+      li = el('li', 'kqi-job-row');
+      li.dataset.jobId = String(job.id);
+      const id = job.id;
+      li.addEventListener('click', () => {
+        const current = this.jobs.get(id);
+        if (current) {
+          this.actions.open(current);
+        }
+      });
+      this.rows.set(job.id, li);
+    }
+    const shows = JSON.stringify([job, jobDuration(job)]);
+    if (li.dataset.shows === shows) {
+      return li;
+    }
+    li.dataset.shows = shows;
+    li.title = `${job.command || ''}\nclick to open`;
+    const first = el('div', 'kqi-job-line');
+    first.appendChild(el('span', 'kqi-job-id', `#${job.id}`));
+    first.appendChild(el('span', 'kqi-job-name', job.name));
+    const second = el('div', 'kqi-job-line');
+    second.appendChild(el('span', `kqi-status kqi-status-${job.status}`, job.status));
+    second.appendChild(el('span', 'kqi-job-duration', jobDuration(job)));
+    if (job.created_at) {
+      second.appendChild(el('span', 'kqi-job-created', shortTime(job.created_at)));
+    }
+    li.replaceChildren(first, second);
+    return li;
+  }
+
   private timer = 0;
+  private sent = 0; // requests for the list sent
+  private shown = 0; // the newest of them whose answer is shown
+  private jobs = new Map<number, IJob>();
+  private readonly rows = new Map<number, HTMLLIElement>();
   private readonly list: HTMLUListElement;
   private readonly error: HTMLDivElement;
 }
 
 /** One job: its facts, actions and live log. */
 export class JobView extends Widget {
-  /**
-   * Take the focus when activated. Left where it was (the notebook's "Submit as job…"
-   * button), the focus made the notebook current again and its tab came back to the front,
-   * hiding the job just opened; keystrokes went to the hidden notebook.
-   */
-  protected onActivateRequest(): void {
-    if (!this.node.contains(document.activeElement)) {
-      this.node.focus();
-    }
-  }
-
+  // The keyboard focus comes with activation: its MainAreaWidget makes this node focusable
+  // and focuses it whenever the tab is activated.
   constructor(
     private job: IJob,
     private readonly actions: IJobActions,
@@ -151,7 +198,6 @@ export class JobView extends Widget {
     super();
     this.id = `kqi-job-${job.id}`;
     this.addClass('kqi-job-view');
-    this.node.tabIndex = -1; // focusable: activating the view moves the keyboard focus here
     this.head = el('div', 'kqi-job-facts');
     this.node.appendChild(this.head);
     const bar = el('div', 'kqi-job-actions');
@@ -201,19 +247,46 @@ export class JobView extends Widget {
     this.stopButton.disabled = FINISHED.includes(j.status);
   }
 
+  /** Whether the answer to request `seq` is newer than the one shown (and to be shown). */
+  private fresh(seq: number): boolean {
+    if (seq < this.shown || this.isDisposed) {
+      return false;
+    }
+    this.shown = seq;
+    return true;
+  }
+
+  /** Take a newer state of the job; a finished job does not go back to an older state. */
+  private take(job: IJob): void {
+    if (FINISHED.includes(this.job.status) && !FINISHED.includes(job.status)) {
+      return;
+    }
+    this.job = job;
+    this.render();
+    if (FINISHED.includes(job.status)) {
+      window.clearInterval(this.timer);
+    }
+  }
+
   private async poll(): Promise<void> {
     // a hidden tab asks nothing: its requests would count as use of the server (auto-stop)
     if (this.isDisposed || document.hidden) {
       return;
     }
+    // polls overlap (the timer, the end of the log, Stop): an answer to an older request
+    // arriving after a newer one's must not put back the state it had (e.g. "running" after
+    // "succeeded", with the timer already stopped: the view would stay "running")
+    const seq = ++this.sent;
     try {
-      this.job = await kqiGet<IJob>(`jobs/${this.job.id}`);
-      this.render();
-      if (FINISHED.includes(this.job.status)) {
-        window.clearInterval(this.timer);
+      const job = await kqiGet<IJob>(`jobs/${this.job.id}`);
+      if (this.fresh(seq)) {
+        this.error.textContent = '';
+        this.take(job);
       }
     } catch (e) {
-      this.error.textContent = `Job status unknown: ${(e as Error).message}`;
+      if (this.fresh(seq)) {
+        this.error.textContent = `Job status unknown: ${(e as Error).message}`;
+      }
     }
   }
 
@@ -243,9 +316,12 @@ export class JobView extends Widget {
 
   private async stop(): Promise<void> {
     this.error.textContent = '';
+    const seq = ++this.sent; // a poll under way may answer with the state before the stop
     try {
-      this.job = await kqiPost<IJob>(`jobs/${this.job.id}/stop`);
-      this.render();
+      const job = await kqiPost<IJob>(`jobs/${this.job.id}/stop`);
+      if (this.fresh(seq)) {
+        this.take(job);
+      }
       Notification.info(`Job #${this.job.id} is stopping`, { autoClose: 4000 });
     } catch (e) {
       this.error.textContent = `The job was not stopped: ${(e as Error).message}`;
@@ -315,6 +391,8 @@ export class JobView extends Widget {
   }
 
   private timer = 0;
+  private sent = 0; // requests for the job's state sent
+  private shown = 0; // the newest of them whose answer is shown
   private readonly abort = new AbortController();
   private readonly head: HTMLDivElement;
   private readonly log: HTMLPreElement;
