@@ -18,7 +18,7 @@ import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
 
-from .platform import Platform
+from .platform import Platform, read_terminal_until
 from .workloads import Workload
 
 
@@ -164,15 +164,8 @@ def start_in_terminal(
             # the marker comes after the command: echoed once the command has returned
             typed = f"{command}\recho {marker}-$((6*7))\r"
             await conn.write_message(json.dumps(["stdin", typed]))
-            out = ""
-            while f"{marker}-42" not in out and time.monotonic() < deadline:
-                msg = await asyncio.wait_for(conn.read_message(), deadline - time.monotonic())
-                if msg is None:
-                    break
-                kind, *rest = json.loads(msg)
-                if kind == "stdout":
-                    out += rest[0]
-            assert f"{marker}-42" in out, out[-2000:]
+            m, out = await read_terminal_until(conn, f"{marker}-42", deadline)
+            assert m, out[-2000:]
         finally:
             conn.close()
 

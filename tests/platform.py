@@ -256,21 +256,31 @@ class Platform:
         conn = await websocket_connect(req)
         marker = uuid.uuid4().hex
         await conn.write_message(json.dumps(["stdin", f"{command}; echo {marker}=$?\r"]))
-        out = ""
-        deadline = time.monotonic() + timeout
         try:
-            while time.monotonic() < deadline:
-                msg = await asyncio.wait_for(conn.read_message(), deadline - time.monotonic())
-                if msg is None:
-                    break
-                kind, *rest = json.loads(msg)
-                if kind == "stdout":
-                    out += rest[0]
-                    # the terminal echoes the typed line too, but with "$?", not a number
-                    m = re.search(rf"{marker}=(\d+)", out)
-                    if m:
-                        return int(m.group(1)), out[: m.start()]
+            # the terminal echoes the typed line too, but with "$?", not a number
+            m, out = await read_terminal_until(conn, rf"{marker}=(\d+)", time.monotonic() + timeout)
+            if m:
+                return int(m.group(1)), out[: m.start()]
         finally:
             conn.close()
             self.server(user, f"api/terminals/{name}", method="DELETE")
         raise TimeoutError(f"no result from terminal: {out[-2000:]}")
+
+
+async def read_terminal_until(
+    conn: Any, pattern: str, deadline: float
+) -> tuple[re.Match[str] | None, str]:
+    """Read a terminal's websocket until its output matches ``pattern`` (or the deadline, or
+    the terminal closed): the match (None if none) and the output so far."""
+    out = ""
+    while time.monotonic() < deadline:
+        msg = await asyncio.wait_for(conn.read_message(), deadline - time.monotonic())
+        if msg is None:
+            break
+        kind, *rest = json.loads(msg)
+        if kind == "stdout":
+            out += rest[0]
+            m = re.search(pattern, out)
+            if m:
+                return m, out
+    return None, out
