@@ -361,12 +361,21 @@ def test_dry_run_logs_decisions_and_stops_nothing(p: Platform, outcome: Outcome)
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # Ctrl-C as from a terminal (the tests may run in the background, SIGINT ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
-    try:
-        time.sleep(4)  # a few passes
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:  # until it made two passes that would cull the server, however slow the machine
+        deadline = time.monotonic() + 120
+        while sum(f"would cull {user}/" in x for x in lines) < 2:
+            assert time.monotonic() < deadline, "".join(lines)
+            line = proc.stdout.readline()
+            assert line, "".join(lines)  # the culler ended
+            lines.append(line)
     finally:
         proc.send_signal(signal.SIGINT)
-        out = proc.communicate(timeout=30)[0]
+        out = "".join(lines) + proc.communicate(timeout=30)[0]
     assert "dry run: nothing is stopped" in out
     assert f"would cull {user}/ (dry run): uptime: up " in out, out
     assert out.count(f"would cull {user}/") >= 2  # one line per decision, every pass

@@ -173,10 +173,14 @@ def test_ctrl_c_stops_the_load(tmp_path: Path) -> None:
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,  # its own process group, as a terminal's foreground job
+        # as from a terminal: a shell cannot trap a SIGINT ignored when it started (this
+        # test may itself run in the background, where SIGINT is ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
-        deadline = time.monotonic() + 20
-        while not (folder / "seen.txt").exists() and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while not (folder / "seen.txt").exists():
+            assert time.monotonic() < deadline and proc.poll() is None, "no test started"
             time.sleep(0.05)
         os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C does
         out, _ = proc.communicate(timeout=20)
