@@ -14,6 +14,8 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 from playwright.sync_api import expect
 
+from hub_ext.service.scheduler import FINISHED
+
 from .platform import Platform, private_platform
 from .pw import login, shot
 
@@ -48,7 +50,6 @@ NOTEBOOK = {
 }
 COUNTDOWN = re.compile(r"auto-stop in (?:(\d+) min )?(\d+) s: idle")
 COUNTDOWN_JS = r"/^auto-stop in (?:\d+ min )?\d+ s: idle$/"
-FINISHED = ("succeeded", "failed", "stopped", "lost")
 LONG_SCRIPT = "import time\nprint('long job started', flush=True)\ntime.sleep(600)\n"
 
 

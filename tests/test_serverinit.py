@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from culler.rules import DEFAULT_WATCH
+from hub_ext.spawner import serverinit
 from hub_ext.spawner.local import SERVER_INIT
 from server_ext import procscan
 
@@ -90,6 +91,11 @@ def churn(tmp_path: Path) -> Iterator[Init]:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def test_the_init_and_the_scan_name_the_same_variable() -> None:
+    """Declared once in each process package (they share no code): kept equal here."""
+    assert serverinit.INIT_PID == procscan.INIT_PID == "KQI_SERVER_INIT_PID"
 
 
 def test_the_scan_never_misses_a_process_that_left_the_tree(churn: Init) -> None:
