@@ -23,6 +23,8 @@ from traitlets import Bool, Float, Integer, List, Unicode, default
 from traitlets.config import Application, Config
 from traitlets.config.loader import DeferredConfigString
 
+from hub_ext.leftovers import forget_self, record_self, run_until_stopped
+
 from .rules import (
     DEFAULT_IDLE_TIMEOUT,
     DEFAULT_MAX_UPTIME,
@@ -353,9 +355,14 @@ class KqiCuller(Application):
             ",".join(self.watch),
             " (dry run: nothing is stopped)" if self.dry_run else "",
         )
+        pid_file = None if self.once else record_self()
         try:
-            await self._passes()
+            if self.once:
+                await self._passes()
+            elif sig := await run_until_stopped(self._passes()):
+                self.log.info("kqi-culler stopped (%s)", sig.name)
         finally:
+            forget_self(pid_file)
             if self._session is not None:
                 await self._session.close()
 
@@ -376,7 +383,7 @@ class KqiCuller(Application):
     def start(self) -> None:
         try:
             asyncio.run(self.loop())
-        except KeyboardInterrupt:  # the hub stops its services with SIGINT
+        except KeyboardInterrupt:  # a SIGINT before the handlers were in place
             self.log.info("kqi-culler stopped")
 
 

@@ -14,6 +14,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from hub_ext.leftovers import service_pid_file
+
 c = get_config()  # noqa: F821
 
 data_root = Path(os.environ.get("KQI_DATA_ROOT", ".kqi-data")).absolute()
@@ -73,7 +75,11 @@ c.JupyterHub.services = [
         "api_token": service_token,
         "oauth_no_confirm": True,
         "command": [sys.executable, "-m", "hub_ext.service", "--data-root", str(data_root)],
-        "environment": {"KQI_DATA_ROOT": str(data_root)},
+        "environment": {
+            "KQI_DATA_ROOT": str(data_root),
+            # kqi-hub ends the service a killed hub left running (hub_ext/leftovers.py)
+            "KQI_PID_FILE": str(service_pid_file(data_root, "kqi")),
+        },
     }
 ]
 
@@ -109,6 +115,7 @@ c.JupyterHub.services.append(
             "KQI_CULLER_CONFIG": _culler_settings,
             "KQI_PROXY_URL": _proxy_url,
             "KQI_SERVICE_URL": f"http://127.0.0.1:{service_port}/services/kqi/",
+            "KQI_PID_FILE": str(service_pid_file(data_root, "kqi-culler")),
         },
     }
 )

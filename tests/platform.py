@@ -97,7 +97,10 @@ class Platform:
         self._tokens: dict[str, str] = {}
 
     # -- life cycle ---------------------------------------------------------------------------
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 60, sigint: Any = None) -> None:
+        """Start kqi-hub (again: same data root and ports); ``sigint``: the SIGINT disposition
+        it inherits (signal.SIG_DFL as from a terminal, SIG_IGN as in the background; None:
+        this process's)."""
         env = dict(
             os.environ, KQI_DATA_ROOT=str(self.data_root), KQI_SERVICE_PORT=str(self.service_port)
         )
@@ -114,6 +117,7 @@ class Platform:
             stdout=self.log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=None if sigint is None else lambda: signal.signal(signal.SIGINT, sigint),
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -15,6 +15,7 @@ from tornado import web
 from traitlets import Dict, Float, Integer, List, Type, Unicode, default
 from traitlets.config import Application
 
+from ..leftovers import forget_self, record_self, run_until_stopped
 from ..options import DEFAULT_PROFILES, Profile
 from . import culls, dashboard, handlers, jobs
 from .catalog import Catalog
@@ -175,25 +176,30 @@ class KqiService(Application):
 
     async def serve(self) -> None:
         url = urlsplit(self.service_url)
-        self.make_app().listen(
+        server = self.make_app().listen(
             url.port or 80,
             url.hostname or "127.0.0.1",
             xheaders=True,
             max_body_size=self.max_archive_bytes + 16 * 1024**2,
         )
-        self._job_loop = asyncio.ensure_future(self.scheduler.run())
+        pid_file = record_self()  # only once listening: the port is ours
         self.log.info(
             "kqi service on %s%s, data root %s",
             self.service_url,
             self.service_prefix,
             self.data_root,
         )
-        await asyncio.Event().wait()
+        try:
+            sig = await run_until_stopped(self.scheduler.run())
+            self.log.info("kqi service stopped (%s); running jobs keep running", sig and sig.name)
+        finally:
+            server.stop()
+            forget_self(pid_file)
 
     def start(self) -> None:
         try:
             asyncio.run(self.serve())
-        except KeyboardInterrupt:  # the hub stops its services with SIGINT
+        except KeyboardInterrupt:  # a SIGINT before the handlers were in place
             self.log.info("kqi service stopped")
 
 
