@@ -10,7 +10,9 @@ import asyncio
 import json
 import mimetypes
 import os
+import posixpath
 import shutil
+import stat
 import uuid
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from .archive import ArchiveError, unpack
 from .db import Job, jobs_page_json
 from .handlers import UserHandler, may_read_job
 from .hubapi import UserInfo
+from .safefiles import copy_tree_fd, list_files, open_beneath, open_root
 from .scheduler import FINISHED, job_to_dict
 
 
@@ -201,18 +204,16 @@ class ContinueHandler(JobsBase):
             if code is not None:
                 await asyncio.to_thread(unpack, code, staging / "code", self.kqi.max_archive_bytes)
             else:  # the same code: a copy, so the previous job is never modified
-                await asyncio.to_thread(
-                    shutil.copytree, old / "code", staging / "code", symlinks=True
-                )
+                await asyncio.to_thread(copy_tree_fd, old / "code", staging / "code")
             if copy_output:  # pre-filled /kqi/output; the previous output stays as it was
-                await asyncio.to_thread(
-                    shutil.copytree, old / "output", staging / "output", symlinks=True
-                )
+                await asyncio.to_thread(copy_tree_fd, old / "output", staging / "output")
             job = self.create_job(
                 user, spec, staging, continued_from=prev.id, copy_output=copy_output
             )
         except ArchiveError as e:
             raise web.HTTPError(400, "code: %s", e) from e
+        except ValueError as e:  # a tree too deep to copy
+            raise web.HTTPError(400, "job %s: %s", prev.id, e) from e
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         self.write_json(job, status=201)
@@ -256,29 +257,31 @@ class LogsHandler(JobsBase):
 
 class FilesHandler(JobsBase):
     async def get(self, job_id: str, rel: str = "") -> None:
+        """A file of the job's output, or the list of its files; opened beneath the output's
+        fd without following links, then streamed from that fd (no check-then-open race)."""
         job = self.job_for(job_id, await self.caller())
-        root = (self.job_path(job) / "output").resolve()
-        target = (root / rel).resolve() if rel else root
-        if not target.is_relative_to(root) or not target.exists():
-            raise web.HTTPError(404, "no output file %s in job %s", rel, job.id)
-        if target.is_dir():
-            entries = []
-            for dirpath, dirs, names in os.walk(target):
-                dirs.sort()
-                for n in sorted(names):
-                    p = Path(dirpath, n)
-                    if p.is_symlink() and not p.resolve().is_relative_to(root):
-                        continue
-                    st = p.stat()
-                    entries.append(
-                        {"path": str(p.relative_to(root)), "size": st.st_size, "mtime": st.st_mtime}
-                    )
-            self.write_json(entries)
-            return
-        ctype = mimetypes.guess_type(target.name)[0] or "application/octet-stream"
+        try:
+            root = open_root(self.job_path(job) / "output")
+            try:
+                fd = open_beneath(root, rel, allow_dir=True)
+            finally:
+                os.close(root)
+        except FileNotFoundError as e:
+            raise web.HTTPError(404, "no output file %s in job %s", rel, job.id) from e
+        if stat.S_ISDIR(os.fstat(fd).st_mode):
+            prefix = rel.rstrip("/") + "/" if rel.rstrip("/") else ""
+            try:
+                entries = list_files(fd, prefix)
+            except ValueError as e:
+                raise web.HTTPError(400, "%s", e) from e
+            finally:
+                os.close(fd)
+            return self.write_json(entries)
+        name = posixpath.basename(rel)
+        ctype = mimetypes.guess_type(name)[0] or "application/octet-stream"
         self.set_header("Content-Type", ctype)
-        self.set_header("Content-Disposition", f'attachment; filename="{target.name}"')
-        with open(target, "rb") as f:
+        self.set_header("Content-Disposition", f'attachment; filename="{name}"')
+        with os.fdopen(fd, "rb") as f:
             while chunk := f.read(1 << 20):
                 self.write(chunk)
                 await self.flush()
