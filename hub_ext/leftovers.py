@@ -66,6 +66,11 @@ def is_our_service(argv: tuple[str, ...], data_root: str) -> bool:
     return "hub_ext.service" in argv and data_root in argv
 
 
+def is_hub(argv: tuple[str, ...]) -> bool:
+    """A running hub: ``kqi-hub``, ``python -m hub_ext.cli`` or a plain ``jupyterhub``."""
+    return "hub_ext.cli" in argv or any(Path(a).name in ("kqi-hub", "jupyterhub") for a in argv[:2])
+
+
 def pid_files(run_dir: Path) -> list[Path]:
     return sorted(run_dir.glob("*.pid"))
 
@@ -115,6 +120,20 @@ def forget_self(path: Path | None) -> None:
         pass
 
 
+def refuse_if_its_hub_runs(pid: int, what: str) -> None:
+    """Exit if service ``pid`` still has its hub (as parent): that hub is not a crashed one but
+    another kqi-hub on the same data root, and its services are not ours to end."""
+    try:
+        parent = identify(psutil.Process(pid).ppid())
+    except psutil.Error:
+        return
+    if parent is not None and parent.pid > 1 and is_hub(parent.argv):
+        raise SystemExit(
+            f"kqi-hub: another hub runs on this data root (pid {parent.pid}: "
+            f"{' '.join(parent.argv)}), with {what} (pid {pid}); stop that hub first"
+        )
+
+
 def end_process(pid: int, grace: float = 3.0) -> bool:
     """SIGTERM, ``grace`` seconds, then SIGKILL; True once the process is gone."""
     for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
@@ -122,6 +141,12 @@ def end_process(pid: int, grace: float = 3.0) -> bool:
             os.kill(pid, sig)
         except ProcessLookupError:
             return True
+        except PermissionError:
+            ident = identify(pid)
+            raise SystemExit(
+                f"kqi-hub: not allowed to end pid {pid} ({' '.join(ident.argv) if ident else '?'})"
+                ": start kqi-hub as the account that started the previous one"
+            ) from None
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if identify(pid) is None:
@@ -133,16 +158,22 @@ def end_process(pid: int, grace: float = 3.0) -> bool:
 def end_leftovers(run_dir: Path, say: Callable[[str], None], grace: float = 3.0) -> list[int]:
     """End every service a pid file in ``run_dir`` names that still runs; remove the files.
     Returns the pids ended."""
-    ended = []
+    records: dict[Path, ProcessId | None] = {}
     for path in pid_files(run_dir):
-        name = path.stem
         try:
             recorded = ProcessId.from_json(path.read_text())
         except (OSError, ValueError) as e:
             say(f"ignoring the pid file {path}: {e}")
-            path.unlink(missing_ok=True)
-            continue
-        if same_process(recorded, identify(recorded.pid)):
+            recorded = None
+        if recorded is not None and same_process(recorded, identify(recorded.pid)):
+            refuse_if_its_hub_runs(recorded.pid, f"the {path.stem} service")
+            records[path] = recorded
+        else:
+            records[path] = None
+    ended = []
+    for path, recorded in records.items():
+        name = path.stem
+        if recorded is not None:
             if not end_process(recorded.pid, grace):
                 raise SystemExit(
                     f"kqi-hub: the {name} service a previous hub left running (pid "
@@ -159,7 +190,7 @@ def port_holder(port: int) -> tuple[int | None, tuple[str, ...]] | None:
     for conn in psutil.net_connections(kind="tcp"):
         if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port:
             running = identify(conn.pid) if conn.pid else None
-            return conn.pid, running.argv if running else ("(not visible to this account)",)
+            return conn.pid, running.argv if running else ()
     return None
 
 
@@ -171,13 +202,15 @@ def free_service_port(port: int, data_root: Path, say: Callable[[str], None]) ->
         return
     pid, argv = holder
     if pid is not None and is_our_service(argv, str(data_root)):
+        refuse_if_its_hub_runs(pid, "the kqi service")
         if not end_process(pid):
             raise SystemExit(f"kqi-hub: the old kqi service (pid {pid}) does not end")
         say(f"ended the kqi service a previous hub left running (pid {pid})")
         return
+    who = f"pid {pid}: {' '.join(argv)}" if pid is not None else "a process this account cannot see"
     raise SystemExit(
-        f"kqi-hub: port {port} of the kqi service is taken by another program, pid {pid}: "
-        f"{' '.join(argv)}\nStop it, or choose another port with KQI_SERVICE_PORT."
+        f"kqi-hub: port {port} of the kqi service is taken by another program, {who}\n"
+        "Stop it, or choose another port with KQI_SERVICE_PORT."
     )
 
 

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from hub_ext import leftovers
-from hub_ext.leftovers import ProcessId, is_our_service, same_process
+from hub_ext.leftovers import ProcessId, is_hub, is_our_service, same_process
 from tests.platform import BIN, Platform, free_port, private_platform
 
 # as in production: user servers outlive the hub
@@ -49,6 +49,13 @@ def test_a_kqi_service_is_ours_only_for_this_data_root() -> None:
     assert is_our_service(argv, "/srv/kqi")
     assert not is_our_service(argv, "/srv/other")
     assert not is_our_service(("nc", "-l", "/srv/kqi"), "/srv/kqi")
+
+
+def test_a_hub_is_known_by_its_command() -> None:
+    assert is_hub(("/v/bin/python", "/v/bin/kqi-hub", "--port=8000"))
+    assert is_hub(("/v/bin/python", "-m", "hub_ext.cli"))
+    assert is_hub(("/usr/local/bin/jupyterhub", "-f", "config.py"))
+    assert not is_hub(("/v/bin/python", "-m", "pytest", "tests/kqi-hub"))
 
 
 # -- real processes, no hub ---------------------------------------------------------------------
@@ -141,6 +148,24 @@ def wait_answering(p: Platform, timeout: float = 60) -> None:
 def running_servers(p: Platform) -> int:
     users = p.api("GET", "users").json()
     return sum(1 for u in users for s in (u.get("servers") or {}).values() if s.get("ready"))
+
+
+def test_a_second_hub_on_a_running_data_root_is_refused(p: Platform) -> None:
+    """Not a crash: the running hub's services are not ended."""
+    pids = service_pids(p)
+    env = dict(os.environ, KQI_DATA_ROOT=str(p.data_root), KQI_SERVICE_PORT=str(p.service_port))
+    done = subprocess.run(
+        [str(BIN / "kqi-hub"), f"--port={free_port()}"],
+        cwd=p.base,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr
+    assert f"kqi-hub: another hub runs on this data root (pid {p.proc.pid}: " in done.stderr
+    assert "stop that hub first" in done.stderr and "Traceback" not in done.stderr
+    assert service_pids(p) == pids
 
 
 def test_after_a_hub_crash_the_next_hub_ends_the_old_services(p: Platform) -> None:
