@@ -1,15 +1,18 @@
-"""Materialise a layout plan on this machine: bubblewrap binds or a per-server folder of links.
+"""Materialise a layout plan on this machine: a bubblewrap sandbox or a per-server folder of links.
 
-``bwrap_args`` and ``resolve`` are pure; ``build_link_tree`` does the file-system work of the
-fallback. Both serve notebooks and local jobs alike.
+``bwrap_args`` and ``resolve`` are pure (the sandbox itself: hub_ext/sandbox.py);
+``build_link_tree`` does the file-system work of the fallback (isolation "none"). Both serve
+notebooks and local jobs alike.
 """
 
 from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 from .layout import Binding, LayoutPlan, parent_dirs
+from .sandbox import HostView, bwrap_argv
 
 
 def resolve(plan: LayoutPlan, data_root: Path, scratch: Path) -> list[tuple[Binding, Path]]:
@@ -28,19 +31,24 @@ def bwrap_args(
     kqi_root: str = "/kqi",
     bwrap: str = "bwrap",
     extra: list[str] | None = None,
+    host: HostView | None = None,
+    **flags: Any,
 ) -> list[str]:
-    """bubblewrap command prefix: the host as it is, the data root hidden except ``keep``
-    (e.g. the user's home), and the plan mounted at ``kqi_root`` with read-only binds.
-    All capabilities are dropped so the server cannot undo the mounts."""
-    args = [bwrap, "--dev-bind", "/", "/", "--perms", "0755", "--tmpfs", str(data_root)]
-    for path in keep:
-        args += ["--bind", str(path), str(path)]
-    args += ["--perms", "0755", "--tmpfs", kqi_root]
-    for d in parent_dirs(plan):
-        args += ["--perms", "0755", "--dir", f"{kqi_root}/{d}"]
-    for b, src in resolve(plan, data_root, scratch):
-        args += ["--ro-bind" if b.read_only else "--bind", str(src), f"{kqi_root}/{b.target}"]
-    args += [*(extra or []), "--cap-drop", "ALL", "--"]
+    """bubblewrap command prefix for ``plan`` (see sandbox.bwrap_argv; ``flags`` go there):
+    the machine read-only as ``host`` shows it, the data root hidden except ``keep`` (e.g.
+    the user's home), the plan at ``kqi_root``; ``extra`` options before ``--cap-drop``."""
+    binds = [(b.read_only, src, b.target) for b, src in resolve(plan, data_root, scratch)]
+    args = bwrap_argv(
+        plan,
+        binds,
+        data_root,
+        host or HostView(),
+        keep=keep,
+        kqi_root=kqi_root,
+        bwrap=bwrap,
+        **flags,
+    )
+    args[-3:-3] = extra or []
     return args
 
 

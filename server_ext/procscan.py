@@ -13,6 +13,9 @@ the local spawner) when there is one: what leaves the server's tree (nohup, sets
 daemonising ``mpirun``, even ``env -i``) is adopted by it, so it stays below that top. A parent
 that ends during the pass would cut its children off the tree for that pass; they are read
 again (by then the kernel has moved them to the subreaper), so none is missed.
+
+In a sandbox the init is pid 1 of the server's own pid namespace (``KQI_PID_NAMESPACE=1``):
+then the whole namespace is the server's (nothing can leave it), and no marker is read.
 """
 
 from __future__ import annotations
@@ -28,6 +31,8 @@ from culler.rules import WatchedProcess, watch_match
 MARKER = "KQI_SERVER_ID"
 #: the pid of the server's init process (hub_ext/spawner/serverinit.py), set by it
 INIT_PID = "KQI_SERVER_INIT_PID"
+#: "1" when that init is pid 1 of the server's own pid namespace (set by it)
+PID_NAMESPACE = "KQI_PID_NAMESPACE"
 PROC = "/proc"
 
 Matcher = Callable[[str, Sequence[str], Iterable[str]], "str | None"]
@@ -179,13 +184,18 @@ def scan_proc(
     watch: Sequence[str],
     root: int = 0,
     match: Matcher = watch_match,
+    namespace: bool = False,
 ) -> list[WatchedProcess]:
     """The watched processes of the server ``server_pid`` from /proc, by pid: below ``root``
-    (its init process, when that is an ancestor of the server) or else below the server."""
+    (its init process, when that is an ancestor of the server) or else below the server.
+    ``namespace``: this /proc is the server's own pid namespace, ``root`` its pid 1 (the
+    machine's init is never a top otherwise)."""
     ppids, stats = _snapshot()
     above = ancestors(ppids, server_pid)
-    top = root if root > 1 and root in above else server_pid  # never the machine's init
+    top = root if _top_ok(root, above, namespace) else server_pid
     mine = descendants(ppids, top)
+    if namespace and top == 1:
+        marker = ""  # nothing of the server is outside the namespace
     skip = {server_pid, *excluded, *above}
     marker_b = os.fsencode(marker) if marker else b""
     key = os.fsencode(MARKER)
@@ -219,13 +229,16 @@ def scan_psutil(
     watch: Sequence[str],
     root: int = 0,
     match: Matcher = watch_match,
+    namespace: bool = False,
 ) -> list[WatchedProcess]:
     """The same answer through psutil, where there is no /proc."""
     me = psutil.Process(server_pid)
     above = {p.pid for p in me.parents()}
     skip = {server_pid, *excluded, *above}
+    if namespace and root == 1 and 1 in above:
+        marker = ""
     try:
-        top = psutil.Process(root) if root > 1 and root in above else me
+        top = psutil.Process(root) if _top_ok(root, above, namespace) else me
         mine = {p.pid for p in top.children(recursive=True)}
     except psutil.Error:
         mine = set()
@@ -246,6 +259,17 @@ def scan_psutil(
     return found
 
 
+def _top_ok(root: int, above: set[int], namespace: bool) -> bool:
+    """The init may be the scan's top when it is above the server, and pid 1 only as the init
+    of the server's own pid namespace."""
+    return root in above and (root > 1 or (root == 1 and namespace))
+
+
+def in_namespace(root: int) -> bool:
+    """Whether the server's init says it is pid 1 of the server's own pid namespace."""
+    return root == 1 and os.environ.get(PID_NAMESPACE) == "1" and os.getpid() != 1
+
+
 def _alive(p: psutil.Process) -> bool:
     """Running (a zombie has ended: only its exit status is left for its parent)."""
     try:
@@ -258,6 +282,7 @@ def watched(
     server_pid: int, excluded: Iterable[int], marker: str, watch: Sequence[str], root: int = 0
 ) -> list[WatchedProcess]:
     """/proc where there is one, psutil elsewhere."""
+    ns = in_namespace(root)
     if sys.platform.startswith("linux") and os.path.isdir(f"{PROC}/{server_pid}"):
-        return scan_proc(server_pid, excluded, marker, watch, root)
-    return scan_psutil(server_pid, excluded, marker, watch, root)
+        return scan_proc(server_pid, excluded, marker, watch, root, namespace=ns)
+    return scan_psutil(server_pid, excluded, marker, watch, root, namespace=ns)

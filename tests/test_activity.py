@@ -3,10 +3,12 @@ who may read it, browser access vs. tokens, kernels, watched processes, the fore
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -177,12 +179,15 @@ def test_watched_processes_of_this_server(p: Platform) -> None:
 
         found = activity(p, "wes")["watched_processes"]  # all of them, at once
         assert all(seen_as_expected(w, found) for w in loads), found
+        # the server reports the pids of its own pid namespace (what its terminals show)
+        host = host_pids("wes")
+        started = {name: host[pid] for name, pid in started.items()}
         for w in loads:
-            assert all(psutil.Process(h["pid"]).is_running() for h in _by_marker(found, w.marker))
+            assert all(h["pid"] in host for h in _by_marker(found, w.marker))
         pt = [h for w in loads if w.watch == "pt_main_thread" for h in _by_marker(found, w.marker)]
         assert "python" not in pt[0]["cmdline"][0]  # its command line names no watched program
         # nothing else: not the server, not its kernel, not sleep, not other processes here
-        pids = {w["pid"] for w in found}
+        pids = {host[w["pid"]] for w in found}
         assert kernel_pid not in pids and not any("sleep" == w["name"] for w in found)
         others = [w for w in found if not any(_by_marker([w], x.marker) for x in loads)]
         # ... except the kernel papermill started for its notebook
@@ -194,6 +199,30 @@ def test_watched_processes_of_this_server(p: Platform) -> None:
     # stopping the server ends what it left running, as a pod would (env -i included)
     left = {w: pid for w, pid in started.items() if running(pid)}
     assert left == {}, left
+
+
+def host_pids(user: str) -> dict[int, int]:
+    """The pids of the user's sandbox (its own pid namespace, as the server reports them)
+    with the host's pid of each process, from ``NSpid`` in /proc/<pid>/status."""
+    ours = os.readlink("/proc/self/ns/pid")  # bubblewrap itself runs here, with the same env
+    namespace = next(
+        ns
+        for q in psutil.process_iter(["cmdline", "environ"])
+        if (q.info["environ"] or {}).get("JUPYTERHUB_USER") == user
+        and "jupyterhub-singleuser" in " ".join(q.info["cmdline"] or [])
+        and (ns := os.readlink(f"/proc/{q.pid}/ns/pid")) != ours
+    )
+    found = {}
+    for pid in psutil.pids():
+        try:
+            if os.readlink(f"/proc/{pid}/ns/pid") != namespace:
+                continue
+            status = Path(f"/proc/{pid}/status").read_text()
+        except OSError:
+            continue
+        nspids = next(x for x in status.splitlines() if x.startswith("NSpid:")).split()[1:]
+        found[int(nspids[-1])] = int(nspids[0])
+    return found
 
 
 def running(pid: int) -> bool:

@@ -1,10 +1,15 @@
-"""Materialising a layout plan: bubblewrap arguments (pure) and the fallback tree of links."""
+"""Materialising a layout plan: the sandbox's bubblewrap arguments (pure) and the fallback
+tree of links."""
 
 import os
+import sys
 from pathlib import Path
+
+import pytest
 
 from hub_ext.layout import JobRef, plan_job, plan_notebook
 from hub_ext.materialize import build_link_tree, bwrap_args, missing_sources
+from hub_ext.sandbox import HostView, expose_ops, host_view, sandbox_pyvenv
 
 DATA = Path("/srv/kqi-data")
 SCRATCH = Path("/srv/kqi-data/run/alice/default/scratch")
@@ -160,3 +165,104 @@ def test_link_tree_replaces_a_link_or_file_at_the_root(tmp_path):
     assert root.is_dir() and not root.is_symlink()
     assert (precious / "keep.txt").read_text() == "keep"
     assert os.readlink(root / "output") == str(data / "users/alice/jobs/11/output")
+
+
+# -- the sandbox's view of the machine (hub_ext/sandbox.py) ---------------------------------------
+HOST = HostView(
+    hidden=("/root", "/home"),
+    exposed=("/root/.pyenv/versions/3.11.7", "/root/.pyenv/versions/3.11.7/bin", "/opt/venv"),
+    masked=("/root/.pyenv/versions/3.11.7/lib/python3.11/site-packages",),
+    files=(("/srv/kqi-data/run/pyvenv-sandbox.cfg", "/opt/venv/pyvenv.cfg"),),
+)
+
+
+def ops(args, flag):
+    """The operands of every ``flag`` in order (two for binds, one for the others)."""
+    width = 2 if flag in ("--bind", "--ro-bind") else 1
+    return [tuple(args[i + 1 : i + 1 + width]) for i, a in enumerate(args) if a == flag]
+
+
+def test_sandbox_root_read_only_with_its_own_proc_dev_and_tmp():
+    args = bwrap_args(notebook_plan(), DATA, SCRATCH, [HOME], host=HOST)
+    assert args[1:4] == ["--ro-bind", "/", "/"]
+    assert "--dev-bind" not in args
+    assert ("/proc",) in ops(args, "--proc") and ("/dev",) in ops(args, "--dev")
+    for d in ("/tmp", "/dev/shm", "/var/tmp"):
+        i = args.index(d)
+        assert args[i - 3 : i] == ["--perms", "1777", "--tmpfs"]
+    for d in ("/root", "/home"):
+        assert args[args.index(d) - 1] == "--tmpfs"
+
+
+def test_sandbox_exposes_the_interpreter_below_a_hidden_folder():
+    args = bwrap_args(notebook_plan(), DATA, SCRATCH, [], host=HOST)
+    # each parent below /root made 0755, in order, then the bind
+    dirs = [d for (d,) in ops(args, "--dir") if d.startswith("/root")]
+    assert dirs == ["/root/.pyenv", "/root/.pyenv/versions"]
+    for d in dirs:
+        assert args[args.index(d) - 3 : args.index(d) - 1] == ["--perms", "0755"]
+    py = "/root/.pyenv/versions/3.11.7"
+    assert (py, py) in ops(args, "--ro-bind")
+    order = [args.index(x) for x in ("/root", "/root/.pyenv", "/root/.pyenv/versions", py)]
+    assert order == sorted(order)  # hidden, then the parents, then the bind
+    # below an exposed folder: comes with it; outside hidden folders: visible already
+    assert (f"{py}/bin", f"{py}/bin") not in ops(args, "--ro-bind")
+    assert ("/opt/venv", "/opt/venv") not in ops(args, "--ro-bind")
+    # the base site-packages covered after the bind; the sandbox's pyvenv.cfg over the venv's
+    site = f"{py}/lib/python3.11/site-packages"
+    assert args.index(site) > args.index(py) and args[args.index(site) - 1] == "--tmpfs"
+    assert ("/srv/kqi-data/run/pyvenv-sandbox.cfg", "/opt/venv/pyvenv.cfg") in ops(
+        args, "--ro-bind"
+    )
+
+
+def test_expose_ops_a_path_that_is_itself_hidden_comes_back_whole():
+    assert expose_ops(["/home/kqi/venv", "/home"], ["/home"]) == ["--ro-bind", "/home", "/home"]
+    assert expose_ops(["/usr/lib/python3"], ["/home"]) == []
+
+
+def test_sandbox_hides_the_data_root_after_the_machine_and_keeps_the_home():
+    args = bwrap_args(notebook_plan(), DATA, SCRATCH, [HOME], host=HOST)
+    hide = args.index(str(DATA))
+    assert args[hide - 1] == "--tmpfs" and hide > args.index("/root/.pyenv/versions/3.11.7")
+    assert args.index(str(HOME)) > hide
+
+
+def test_sandbox_namespaces_and_the_init_as_pid_1():
+    args = bwrap_args(notebook_plan(), DATA, SCRATCH, [HOME], host=HOST, as_pid_1=True, info_fd=7)
+    tail = args[args.index("--unshare-pid") :]
+    for flag in ("--unshare-ipc", "--unshare-uts", "--new-session", "--as-pid-1"):
+        assert flag in tail
+    assert tail[tail.index("--info-fd") + 1] == "7"
+    assert args[-3:] == ["--cap-drop", "ALL", "--"] and "--die-with-parent" not in args
+    job = bwrap_args(plan_job("alice", 7), DATA, SCRATCH, [], host=HOST, die_with_parent=True)
+    assert "--die-with-parent" in job and "--as-pid-1" not in job and "--info-fd" not in job
+
+
+def test_sandbox_job_sees_the_owners_home_read_only():
+    args = bwrap_args(plan_job("alice", 7), DATA, SCRATCH, [], keep_read_only=[HOME], host=HOST)
+    assert (str(HOME), str(HOME)) in ops(args, "--ro-bind")
+    assert (str(HOME), str(HOME)) not in ops(args, "--bind")
+    assert args.index(str(HOME)) > args.index(str(DATA))
+
+
+def test_sandbox_pyvenv_turns_the_system_site_on():
+    cfg = "home = /usr/bin\ninclude-system-site-packages = false\nversion = 3.11.7\n"
+    assert sandbox_pyvenv(cfg) == cfg.replace("= false", "= true")
+    assert sandbox_pyvenv("home = /usr/bin\n").endswith("include-system-site-packages = true\n")
+
+
+def test_host_view_refuses_relative_or_root_hidden_paths(tmp_path):
+    for bad in (["root"], ["/"], ["/tmp/../"]):
+        with pytest.raises(ValueError, match="hidden paths must be absolute"):
+            host_view(bad, tmp_path)
+
+
+def test_host_view_of_this_machine(tmp_path):
+    view = host_view(["/root", str(tmp_path / "missing")], tmp_path / "run")
+    assert view.hidden == ("/root",)  # a folder that does not exist is not hidden
+    assert sys.prefix in view.exposed and str(Path(__file__).resolve().parents[1]) in view.exposed
+    if sys.prefix != sys.base_prefix:  # a venv: its sandbox copy of pyvenv.cfg
+        [(src, dest)] = view.files
+        assert dest == f"{sys.prefix}/pyvenv.cfg"
+        assert "include-system-site-packages = true" in Path(src).read_text()

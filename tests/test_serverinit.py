@@ -3,13 +3,14 @@ the server's tree stays below it, the scan sees it at every pass, and nothing ou
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import psutil
 import pytest
 
 from culler.rules import DEFAULT_WATCH
+from hub_ext.layout import plan_job
+from hub_ext.sandbox import DEFAULT_HIDDEN, bwrap_argv, host_view, read_init_pid
 from hub_ext.spawner import serverinit
 from hub_ext.spawner.local import SERVER_INIT
 from server_ext import procscan
@@ -41,6 +44,7 @@ class Init:
     server: int
     bin: Path
     dir: Path
+    host_init: int = 0  # in a sandbox: the init's pid on the host
 
     def ours(self) -> dict[int, float]:
         """The watched programs alive now (ground truth, by the executable's path)."""
@@ -52,7 +56,13 @@ class Init:
         return found
 
 
-def start_init(tmp_path: Path, script: str, *extra: str) -> Init:
+def start_init(
+    tmp_path: Path,
+    script: str,
+    *extra: str,
+    prefix: Sequence[str] = (),
+    pass_fds: Sequence[int] = (),
+) -> Init:
     bindir = tmp_path / "bin"
     bindir.mkdir(exist_ok=True)
     if not (bindir / "python3").exists():
@@ -61,8 +71,9 @@ def start_init(tmp_path: Path, script: str, *extra: str) -> Init:
     env = {k: v for k, v in os.environ.items() if k != procscan.MARKER}
     env.update(BIN=str(bindir), DIR=str(tmp_path))
     proc = subprocess.Popen(
-        [sys.executable, "-I", SERVER_INIT, *extra, "--", "bash", str(tmp_path / "server.sh")],
+        [*prefix, sys.executable, "-I", SERVER_INIT, *extra, "--", "bash", f"{tmp_path}/server.sh"],
         env=env,
+        pass_fds=pass_fds,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -257,3 +268,122 @@ def wait_until(condition, timeout: float = 30) -> None:  # noqa: ANN001
     while not condition():
         assert time.monotonic() < deadline, "condition not met"
         time.sleep(0.05)
+
+
+# -- in the sandbox: the init is pid 1 of the server's own pid namespace --------------------------
+#: run inside the namespace (nsenter): scans the way the server's activity route does, while
+#: the churn goes on, and compares with what runs there (by the executable's path)
+INSIDE = """
+import json, os, sys, time
+from culler.rules import DEFAULT_WATCH
+from server_ext import procscan
+server, exe = int(sys.argv[1]), sys.argv[2]
+os.environ[procscan.PID_NAMESPACE] = "1"
+def ours():
+    found = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if f.read().split(b"\\0")[0].decode() == exe:
+                    with open(f"/proc/{pid}/stat") as s:
+                        found[int(pid)] = s.read().rsplit(")", 1)[1].split()[19]
+        except OSError:
+            pass
+    return found
+passes = checked = 0
+while passes < 100:
+    before = ours()
+    found = {w.pid for w in procscan.watched(server, set(), "", DEFAULT_WATCH, 1)}
+    after = ours()
+    throughout = {p for p, t in before.items() if after.get(p) == t}
+    assert throughout <= found, sorted(throughout - found)
+    passes, checked = passes + 1, checked + len(throughout)
+print(json.dumps({"passes": passes, "checked": checked}))
+"""
+
+
+def start_sandboxed(tmp_path: Path, script: str, *extra: str) -> Init:
+    """The init as the local spawner starts it in a sandbox: pid 1 of its own namespace."""
+    if not shutil.which("bwrap"):
+        pytest.fail("bubblewrap (bwrap) is not installed; ./setup-and-test.sh installs it")
+    host = host_view(DEFAULT_HIDDEN, tmp_path / "run")
+    info_r, info_w = os.pipe()
+    prefix = bwrap_argv(
+        plan_job("t", 1),
+        [],
+        tmp_path / "data",
+        host,
+        keep=[tmp_path],
+        as_pid_1=True,
+        info_fd=info_w,
+    )
+    init = start_init(tmp_path, script, *extra, prefix=prefix, pass_fds=(info_w,))
+    os.close(info_w)
+    pid, _ = read_init_pid(info_r)
+    assert pid, "bubblewrap said no init pid"
+    init.host_init = pid
+    return init
+
+
+def test_in_a_namespace_the_scan_takes_the_whole_namespace(tmp_path: Path) -> None:
+    init = start_sandboxed(tmp_path, CHURN)
+    try:
+        assert init.server < 10  # a pid of the namespace
+        env = dict(os.environ, PYTHONPATH=str(Path(SERVER_INIT).parents[2]))
+        out = subprocess.run(
+            [
+                "nsenter",
+                "-t",
+                str(init.host_init),
+                "-p",
+                "-m",
+                sys.executable,
+                "-c",
+                INSIDE,
+                str(init.server),
+                str(init.bin / "python3"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert out.returncode == 0, out.stderr
+        counts = json.loads(out.stdout)
+        assert counts["checked"] >= counts["passes"] * 5, counts  # it really churned
+    finally:
+        (tmp_path / "stop").touch()
+        os.kill(init.host_init, signal.SIGKILL)  # the whole namespace goes
+        init.proc.communicate(timeout=30)
+    wait_until(lambda: not init.ours())
+
+
+def test_in_a_namespace_the_hubs_signal_to_the_init_stops_everything(tmp_path: Path) -> None:
+    """The hub signals the init (its host pid), which passes it on to the server, ends what
+    is left (one that ignores SIGTERM included) and exits with the server's status."""
+    script = """echo "server $$"
+( setsid sh -c 'trap "" TERM; exec "$BIN/python3" 600' & )
+( nohup env -i "$BIN/python3" 601 >/dev/null 2>&1 & )
+trap 'exit 7' TERM
+while :; do sleep 0.1; done
+"""
+    init = start_sandboxed(tmp_path, script, "--grace=1")
+    wait_until(lambda: len(init.ours()) == 2)
+    os.kill(init.host_init, signal.SIGTERM)
+    _, err = init.proc.communicate(timeout=60)
+    assert init.proc.returncode == 7, err
+    # the nohup one is in the server's group (the signal ends it); the other one the init ends
+    assert "ended 1 processes the server left running" in err, err
+    assert init.ours() == {}
+
+
+def test_in_a_namespace_sigkill_of_the_init_ends_the_namespace(tmp_path: Path) -> None:
+    script = """echo "server $$"
+( setsid sh -c 'trap "" TERM; exec "$BIN/python3" 600' & )
+exec "$BIN/python3" 602
+"""
+    init = start_sandboxed(tmp_path, script)
+    wait_until(lambda: len(init.ours()) == 2)
+    os.kill(init.host_init, signal.SIGKILL)
+    init.proc.communicate(timeout=30)
+    wait_until(lambda: not init.ours())

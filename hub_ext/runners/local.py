@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from traitlets import CaselessStrEnum, Unicode
+from traitlets import CaselessStrEnum, List, Unicode
 
+from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
+from ..sandbox import DEFAULT_HIDDEN, host_view
 from .base import JobLaunch, JobRunner, RunState
 
 #: run by path, not ``-m hub_ext.runners.supervise``: that would import the runners package
@@ -37,6 +39,13 @@ class LocalRunner(JobRunner):
         "(read-only inputs not enforced); 'auto': bubblewrap when installed.",
     ).tag(config=True)
     bwrap_path = Unicode("bwrap", help="The bubblewrap executable.").tag(config=True)
+    hidden_paths = List(
+        Unicode(),
+        DEFAULT_HIDDEN,
+        help="""Host folders a sandboxed job sees empty (bubblewrap; the rest of the machine is
+        read-only, /tmp, /dev/shm and /var/tmp are its own, the data root is hidden). The
+        platform's Python stays readable where it sits below one.""",
+    ).tag(config=True)
 
     def __init__(self, **kwargs: Any):
         super().__init__(**kwargs)
@@ -73,15 +82,23 @@ class LocalRunner(JobRunner):
         }
         if self.use_bubblewrap():
             root = "/kqi"
+            Path(root).mkdir(mode=0o755, exist_ok=True)  # the mount point, on the host
+            # the owner's home, read-only at its own path: what `pip install` put in ~/.local
+            # imports here too (links in it resolve inside the sandbox, not on the host)
+            home = data_root / user_dir(launch.owner) / "home"
             prefix = bwrap_args(
                 launch.plan,
                 data_root,
                 scratch,
                 [],
-                extra=["--unshare-pid", "--die-with-parent", "--chdir", f"{root}/code"],
                 bwrap=self.bwrap_path,
+                host=host_view(self.hidden_paths, data_root / "run"),
+                keep_read_only=[home] if home.is_dir() else [],
+                die_with_parent=True,
+                chdir=f"{root}/code",
             )
             env["KQI_ISOLATION"] = "bubblewrap"
+            env.setdefault("PYTHONUSERBASE", str(home / ".local"))
             cwd = str(jdir / "code")
         else:
             tree = scratch / "kqi"

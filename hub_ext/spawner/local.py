@@ -21,12 +21,13 @@ import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
 from jupyterhub.utils import can_connect
 from tornado import web
-from traitlets import CaselessStrEnum, Float, Unicode, default
+from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default
 
 from culler.app import server_rules_json
 
 from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
+from ..sandbox import DEFAULT_HIDDEN, host_view, read_init_pid
 from .common import KqiSpawnerMixin
 
 #: the server's init process, run by path with ``python -I`` (see serverinit.py)
@@ -54,6 +55,13 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         isolation between users are then not enforced), 'auto' uses bubblewrap when installed.""",
     ).tag(config=True)
     bwrap_path = Unicode("bwrap", help="The bubblewrap executable.").tag(config=True)
+    hidden_paths = List(
+        Unicode(),
+        DEFAULT_HIDDEN,
+        help="""Host folders a sandboxed server sees empty (bubblewrap; the rest of the machine
+        is read-only, /tmp, /dev/shm and /var/tmp are its own, the data root is hidden but for
+        the user's home). The platform's Python stays readable where it sits below one.""",
+    ).tag(config=True)
     git_timeout = Float(300, help="Seconds the git clone at start may take.").tag(config=True)
     ready_interval = Float(
         0.05,
@@ -68,6 +76,11 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         help="""Seconds the processes a server left running (nohup, setsid, ...) get between
         SIGTERM and SIGKILL once the server itself has stopped.""",
     ).tag(config=True)
+
+    # the sandbox's init (pid 1 of the server's pid namespace): its host pid and start time,
+    # kept in the hub's state so a restarted hub still stops it, and never a reused pid
+    init_pid = Integer(0)
+    init_start = Float(0)
 
     limits_note = (
         "Local mode: this machine runs servers as plain processes, so the profile's CPU, "
@@ -114,10 +127,25 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         if options.git:
             await self._clone(options.git.url, options.git.ref, scratch / "git")
 
+        info_r = info_w = -1
         if self.use_bubblewrap():
             kqi_root, isolation = "/kqi", "bubblewrap"
+            try:  # the mount point, on the host (the sandbox's root is read-only)
+                Path(kqi_root).mkdir(mode=0o755, exist_ok=True)
+            except OSError as e:
+                raise web.HTTPError(500, f"cannot create the mount point {kqi_root}: {e}") from e
+            host = host_view(self.hidden_paths, data_root / "run")
+            info_r, info_w = os.pipe()
+            os.set_inheritable(info_w, True)
             prefix = bwrap_args(
-                plan, data_root, scratch, [Path(self.home_dir)], bwrap=self.bwrap_path
+                plan,
+                data_root,
+                scratch,
+                [Path(self.home_dir)],
+                bwrap=self.bwrap_path,
+                host=host,
+                as_pid_1=True,
+                info_fd=info_w,
             )
         else:
             root = self.server_dir / "kqi"
@@ -140,18 +168,34 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         self._kqi_extra_env["KQI_LINK_ROOTS"] = os.pathsep.join(["/kqi", f"{runs}/*/kqi"])
         if options.startup_command:
             prefix += ["sh", "-c", STARTUP_SCRIPT, "kqi-startup", options.startup_command]
-        # the init process on top: what the server leaves running stays below it (watched,
-        # and ended with the server), whatever it did to its session or environment
+        # the init process: what the server leaves running stays below it (watched, and ended
+        # with the server), whatever it did to its session or environment. In the sandbox it
+        # is the pid namespace's pid 1; without one it runs on top, as a subreaper
         init = [sys.executable, "-I", SERVER_INIT, f"--grace={self.leftover_grace:g}", "--"]
-        prefix = init + prefix
+        if isolation == "bubblewrap":
+            bwrap_end = prefix.index("--") + 1
+            prefix = prefix[:bwrap_end] + init + prefix[bwrap_end:]
+        else:
+            prefix = init + prefix
 
-        base = list(self.cmd)
+        base, popen_kwargs = list(self.cmd), self.popen_kwargs
         self._kqi_bin_dir = os.path.dirname(shutil.which(base[0]) or base[0])
         self.cmd = prefix + base
+        if info_w >= 0:
+            self.popen_kwargs = {**popen_kwargs, "pass_fds": (info_w,)}
+        self.init_pid, self.init_start = 0, 0.0
         try:
             ip, port = await super().start()
+        except BaseException:
+            if info_r >= 0:
+                os.close(info_r)
+            raise
         finally:
-            self.cmd = base
+            self.cmd, self.popen_kwargs = base, popen_kwargs
+            if info_w >= 0:
+                os.close(info_w)
+        if info_r >= 0:
+            self.init_pid, self.init_start = await asyncio.to_thread(read_init_pid, info_r)
         # within the hub's start_timeout; past it (or once the process ended) the hub's own
         # check takes over as before
         deadline = min(began + self.start_timeout - 5, time.monotonic() + self.http_timeout)
@@ -168,12 +212,53 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
             await asyncio.sleep(self.ready_interval)
         return False
 
+    def get_state(self) -> dict:
+        state = super().get_state()
+        if self.init_pid:
+            state.update(init_pid=self.init_pid, init_start=self.init_start)
+        return state
+
+    def load_state(self, state: dict) -> None:
+        super().load_state(state)
+        self.init_pid = int(state.get("init_pid", 0))
+        self.init_start = float(state.get("init_start", 0.0))
+
+    def clear_state(self) -> None:
+        super().clear_state()
+        self.init_pid, self.init_start = 0, 0.0
+
+    def _init(self) -> psutil.Process | None:
+        """The sandbox's init, if it still runs (the same process: pid and start time)."""
+        if not self.init_pid:
+            return None
+        try:
+            p = psutil.Process(self.init_pid)
+            if abs(p.create_time() - self.init_start) < 0.01 and p.status() != "zombie":
+                return p
+        except psutil.Error:
+            pass
+        return None
+
+    async def poll(self) -> int | None:
+        init = self._init()
+        status = await super().poll()
+        if status is not None and init is not None:
+            # bubblewrap ended but the init did not (someone killed bubblewrap): the init
+            # goes too, and with it everything in the namespace
+            try:
+                init.kill()
+            except psutil.Error:
+                pass
+        return status
+
     async def stop(self, now: bool = False) -> None:
         server_id = self.kqi_server_id  # poll() clears the state once the process ended
+        sandboxed = bool(self.init_pid)
         await super().stop(now=now)
         # what was left running goes with the server, as in a pod: the init process ends
-        # what is below it; should it have been killed first, the marker still finds most
-        if server_id:
+        # what is below it (in a sandbox, the end of the init ends its pid namespace); should
+        # it have been killed first, the marker still finds most
+        if server_id and not sandboxed:
             ended = await asyncio.to_thread(kill_marked, server_id)
             if ended:
                 self.log.info("%s: ended %d processes it left running", self._log_name, ended)
@@ -232,7 +317,19 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
                 raise web.HTTPError(400, f"git {what} of {url} failed: {' / '.join(tail)}")
 
     async def _signal(self, sig: int) -> bool:
-        """Signal the server's whole process group (bubblewrap and startup wrapper included)."""
+        """Signal the server: in a sandbox its init (pid 1 there: passes SIGINT and SIGTERM on
+        to the server, SIGKILL ends the namespace; 0 asks whether it runs), else the whole
+        process group (startup wrapper included)."""
+        if self.init_pid:
+            init = self._init()
+            if init is None:
+                return False
+            if sig:
+                try:
+                    init.send_signal(sig)
+                except psutil.NoSuchProcess:
+                    return False
+            return True
         try:
             os.killpg(self.pid, sig)
         except ProcessLookupError:

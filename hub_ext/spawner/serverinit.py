@@ -10,6 +10,12 @@ It reaps what it adopts, lets the hub's signals reach the server (they go to the
 group; this process only outlives them), and when the server has exited ends every process
 still below it: SIGTERM, then SIGKILL after ``--grace`` seconds. Its exit status is the
 server's.
+
+In a sandbox (bubblewrap ``--as-pid-1``) it is pid 1 of the server's own pid namespace: there
+everything is below it without a subreaper, users cannot signal it (pid 1 gets only the signals
+it handles), and its exit ends the namespace (the kernel kills what is left). The hub signals
+it, not a process group: SIGINT, SIGTERM and SIGHUP are passed on to the server's group. It sets
+``KQI_PID_NAMESPACE=1`` so the culler's scan takes the whole namespace as the server's.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import time
 import psutil
 
 INIT_PID = "KQI_SERVER_INIT_PID"
+#: "1" when the init is pid 1 of the server's own pid namespace (server_ext/procscan.py)
+PID_NAMESPACE = "KQI_PID_NAMESPACE"
 PR_SET_CHILD_SUBREAPER = 36
 
 
@@ -91,14 +99,34 @@ def main(argv: list[str] | None = None) -> int:
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not cmd:
         ap.error("no command given")
-    if not become_subreaper():
+    pid_1 = os.getpid() == 1
+    if not pid_1 and not become_subreaper():
         print("kqi-server-init: cannot become a subreaper; orphans escape", file=sys.stderr)
-    # the hub signals the process group: this process stays to clean up after the server.
-    # A Python handler (not SIG_IGN) is reset to the default in the child at exec.
+    env = {k: v for k, v in os.environ.items() if k != PID_NAMESPACE}
+    env[INIT_PID] = str(os.getpid())
+    server, pending = 0, []
+
+    def forward(sig: int, _frame: object) -> None:
+        """pid 1: the hub's signal goes on to the server's process group (once it exists)."""
+        if not server:
+            pending.append(sig)
+            return
+        try:
+            os.killpg(server, sig)
+        except ProcessLookupError:
+            pass
+
+    # outside a namespace the hub signals the process group: this process stays to clean up
+    # after the server. A Python handler (not SIG_IGN) is reset to the default at exec.
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: None)
-    env = dict(os.environ, **{INIT_PID: str(os.getpid())})
-    server = os.posix_spawnp(cmd[0], cmd, env)
+        signal.signal(sig, forward if pid_1 else lambda *_: None)
+    if pid_1:
+        env[PID_NAMESPACE] = "1"
+        server = os.posix_spawnp(cmd[0], cmd, env, setpgroup=0)  # not our own group
+        for sig in pending:
+            forward(sig, None)
+    else:
+        server = os.posix_spawnp(cmd[0], cmd, env)
     while True:
         try:
             pid, status = os.waitpid(-1, 0)
