@@ -197,6 +197,14 @@ class CgroupSet:
         self.version = version
         self.root = root  # v2: the unified tree's root (controllers are enabled down from it)
 
+    def to_dict(self) -> dict:
+        """What a supervisor or a restarted hub needs to find the leaf again."""
+        return {"version": self.version, "dirs": self.dirs, "root": self.root}
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> CgroupSet:
+        return cls(data["dirs"], data["version"], data.get("root", ""))
+
     @property
     def paths(self) -> list[Path]:
         return sorted({Path(d) for d in self.dirs.values()})
@@ -205,9 +213,15 @@ class CgroupSet:
         """Make the leaf and write its limits; on failure nothing is left behind."""
         try:
             for path in self.paths:
-                if self.version == 2:
-                    _v2_parents(Path(self.root), path.parent)
-                path.mkdir(parents=True, exist_ok=True)
+                for attempt in range(3):  # another leaf's remove() may take a parent away
+                    try:
+                        if self.version == 2:
+                            _v2_parents(Path(self.root), path.parent)
+                        path.mkdir(parents=True, exist_ok=True)
+                        break
+                    except FileNotFoundError:
+                        if attempt == 2:
+                            raise
             for ctrl, name, value in writes:
                 Path(self.dirs[ctrl], name).write_text(value)
         except OSError:
@@ -267,20 +281,30 @@ class CgroupSet:
             time.sleep(0.02)
         done = True
         for path in self.paths:
-            for _ in range(50):  # a killed process leaves the cgroup a moment after
-                try:
-                    path.rmdir()
-                    break
-                except FileNotFoundError:
-                    break
-                except OSError as e:
-                    if e.errno != errno.EBUSY or not kill:
-                        done = False
-                        break
-                    time.sleep(0.02)
-            else:
+            if not _rmdir(path, tries=50 if kill else 1):
                 done = False
+                continue
+            # the user's and the data root's levels too, once nothing else is below them
+            # (the kernel refuses to remove a cgroup that has children)
+            for parent in (path.parent, path.parent.parent):
+                if not _rmdir(parent, tries=1):
+                    break
         return done
+
+
+def _rmdir(path: Path, tries: int) -> bool:
+    """rmdir a cgroup; EBUSY (a killed process still leaving) is retried ``tries`` times."""
+    for _ in range(tries):
+        try:
+            path.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError as e:
+            if e.errno != errno.EBUSY:
+                return False
+            time.sleep(0.02)
+    return False
 
 
 def _enable_v2(path: Path) -> None:
@@ -369,10 +393,14 @@ class KqiCgroups(LoggingConfigurable):
         }
         return CgroupSet(dirs, layout.version, layout.bases.get(V2, ""))
 
-    def make(self, data_root: str, user: str, leaf: str, cpu: float, memory: int) -> CgroupSet:
-        """Create the leaf with the limits (OSError if the kernel refuses)."""
+    def make(
+        self, data_root: str, user: str, leaf: str, cpu: float, memory: int
+    ) -> CgroupSet | None:
+        """Create the leaf with the limits (OSError if the kernel refuses); None where
+        cgroups are not usable."""
         cgroup = self.group(data_root, user, leaf)
-        assert cgroup is not None
+        if cgroup is None:
+            return None
         layout = self.layout()
         cgroup.create(limit_writes(cpu, memory, layout, self.pids_max, self.cpu_period_us))
         return cgroup

@@ -16,6 +16,7 @@ from typing import Any
 from traitlets import Float, Unicode
 from traitlets.config import LoggingConfigurable
 
+from ..cgroups import oom_message
 from ..layout import LayoutPlan, job_dir
 from ..options import Profile
 
@@ -34,7 +35,7 @@ class JobLaunch:
 
 @dataclass(frozen=True)
 class RunState:
-    """``running``, ``exited`` (with exit code and reason: exited | timeout | stopped) or
+    """``running``, ``exited`` (with exit code and reason: exited | timeout | stopped | oom) or
     ``vanished`` (no process and no recorded status)."""
 
     state: str
@@ -72,6 +73,9 @@ class JobRunner(LoggingConfigurable):
             "timeout": "stopped: over its time limit",
             "stopped": "stopped on request",
         }.get(reason, "" if code == 0 else f"exit code {code}")
+        if reason == "oom":  # the kernel killed for memory in the job's cgroup
+            limit = data.get("memory_limit", 0)
+            message = oom_message(data.get("oom_kills", 1), limit, data.get("memory_peak"))
         return RunState("exited", code, reason, message)
 
     async def start(self, launch: JobLaunch) -> dict[str, Any]:

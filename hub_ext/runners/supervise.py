@@ -10,6 +10,11 @@ period; so does a job over its timeout. The supervisor is a child subreaper, so 
 group (setsid, nohup, a double fork, even ``env -i``, which drops the job's KQI_JOB_MARK) is
 adopted by it and stays below it: all of that is signalled too, and so is anything still
 carrying the mark. A finished job leaves nothing running.
+
+With ``--cgroup`` the job's command (not this supervisor, which runs as root on the host)
+runs in the cgroup the runner made with the profile's limits: at the end whatever is still in
+it is killed (the last net), the kernel's out-of-memory kills are counted into status.json,
+and the cgroup is removed.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import psutil
+
+from hub_ext.cgroups import CgroupSet
 
 
 def _write_json(path: Path, data: dict) -> None:
@@ -108,12 +115,30 @@ def _exit_waiter(child: subprocess.Popen) -> Callable[[float], int | None]:
     return wait
 
 
+def join_cgroup(spec: dict | None) -> Callable[[], None] | None:
+    if not spec:
+        return None
+    return CgroupSet.from_dict(spec).join_preexec()
+
+
+def end_cgroup(spec: dict | None) -> dict:
+    """Kill what is left in the job's cgroup, remove it; the OOM facts for status.json."""
+    if not spec:
+        return {}
+    cgroup = CgroupSet.from_dict(spec)
+    facts = {"oom_kills": cgroup.oom_kills(), "memory_peak": cgroup.peak()}
+    if not cgroup.remove(kill=True):
+        print(f"kqi-supervise: processes left in {cgroup.paths}", file=sys.stderr)
+    return {**facts, "memory_limit": spec.get("memory", 0)} if facts["oom_kills"] else {}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kqi-supervise")
     ap.add_argument("--logs", required=True, help="the job's logs folder")
     ap.add_argument("--cwd", required=True)
     ap.add_argument("--timeout", type=float, default=0, help="seconds; 0: none")
     ap.add_argument("--grace", type=float, default=10)
+    ap.add_argument("--cgroup", type=json.loads, help='JSON {"version", "dirs", "root", "memory"}')
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     logs = Path(args.logs)
@@ -146,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=join_cgroup(args.cgroup),
         )
         if stop_at is not None:  # asked before the job existed
             kill_all(child, mark, signal.SIGTERM)
@@ -181,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(0.05)
                 leftovers = job_processes(mark)
         reap(child.pid)
+        oom = end_cgroup(args.cgroup)
+        if oom and rc != 0 and reason == "exited":
+            reason = "oom"
+            log.write(f"\n[kqi] {oom['oom_kills']} process(es) killed: out of memory\n".encode())
 
     _write_json(
         logs / "status.json",
@@ -188,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "exit_code": rc,
             "reason": reason,
             "finished_at": datetime.now(timezone.utc).isoformat(),
+            **oom,
         },
     )
     return 0
