@@ -90,3 +90,14 @@ def test_server_in_its_cgroup_oom_logged_and_removed(p: Platform) -> None:
         time.sleep(0.2)
     p.stop_server("sam")
     assert not cg.exists()
+
+
+def test_form_says_whether_limits_are_enforced(p: Platform) -> None:
+    from .test_spawn_form import login
+
+    page = login(p, "admin", p.password_file.read_text().strip()).get(f"{p.url}/hub/spawn").text
+    assert "CPU and memory limits of the profile are enforced (cgroup v1)" in page
+    with private_platform("limits-off", "c.KqiCgroups.mode = 'off'") as off:
+        s = login(off, "admin", off.password_file.read_text().strip())
+        page = s.get(f"{off.url}/hub/spawn", timeout=30).text
+    assert "cgroups are off" in page and "limits of the profile are not enforced" in page
