@@ -31,6 +31,8 @@ from .layout import LayoutPlan, parent_dirs
 #: folders of every sandbox that start empty and private (mode 1777, as on the host)
 PRIVATE_TMP = ("/tmp", "/dev/shm", "/var/tmp")
 DEFAULT_HIDDEN = ["/root", "/home", "/run", "/mnt", "/media", "/srv"]
+#: files of the machine whose link targets stay readable even below a hidden folder
+MACHINE_FILES = ("/etc/resolv.conf",)
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,10 @@ def host_view(hidden: Sequence[str], run_dir: Path) -> HostView:
         os.chmod(tmp, 0o644)
         os.replace(tmp, copy)
         files = ((str(copy), str(cfg)),)
-    return HostView(existing, tuple(platform_paths()), tuple(base_site_dirs()), files)
+    # a resolv.conf that links below /run (systemd-resolved, NetworkManager): names resolve
+    links = [os.path.realpath(f) for f in MACHINE_FILES if os.path.islink(f)]
+    exposed = (*platform_paths(), *(f for f in links if os.path.isfile(f)))
+    return HostView(existing, exposed, tuple(base_site_dirs()), files)
 
 
 def read_init_pid(fd: int, timeout: float = 30) -> tuple[int, float]:

@@ -221,6 +221,16 @@ def test_expose_ops_a_path_that_is_itself_hidden_comes_back_whole():
     assert expose_ops(["/usr/lib/python3"], ["/home"]) == []
 
 
+def test_expose_ops_a_file_below_a_hidden_folder():
+    """/etc/resolv.conf linked to /run/systemd/resolve/stub-resolv.conf: names still resolve."""
+    f = "/run/systemd/resolve/stub-resolv.conf"
+    assert expose_ops([f], ["/run"]) == [
+        *("--perms", "0755", "--dir", "/run/systemd"),
+        *("--perms", "0755", "--dir", "/run/systemd/resolve"),
+        *("--ro-bind", f, f),
+    ]
+
+
 def test_sandbox_hides_the_data_root_after_the_machine_and_keeps_the_home():
     args = bwrap_args(notebook_plan(), DATA, SCRATCH, [HOME], host=HOST)
     hide = args.index(str(DATA))
