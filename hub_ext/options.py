@@ -14,14 +14,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from . import envrules
 from .layout import JobRef
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-ENV_KEY_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 GIT_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
-#: Variables a user may not set: they would lie about the layout or impersonate the hub.
-RESERVED_ENV_PREFIXES = ("KQI_", "JUPYTERHUB_", "JPY_")
-RESERVED_ENV = {"HOME", "USER", "SHELL", "PATH", "PYTHONPATH", "LD_PRELOAD", "LD_LIBRARY_PATH"}
 KNOWN_KEYS = (
     "profile",
     "datasets",
@@ -336,10 +333,9 @@ def validate_env(value: Any, errors: list[tuple[str, str]]) -> dict[str, str]:
         return {}
     env: dict[str, str] = {}
     for k, v in value.items():
-        if not isinstance(k, str) or not ENV_KEY_RE.fullmatch(k):
-            errors.append(("env", f"{k!r} is not a variable name"))
-        elif k in RESERVED_ENV or k.startswith(RESERVED_ENV_PREFIXES):
-            errors.append(("env", f"{k} is set by the platform and cannot be overridden"))
+        why = envrules.refusal(k) if isinstance(k, str) else f"{k!r} is not a variable name"
+        if why:
+            errors.append(("env", why))
         elif (
             not isinstance(v, (str, int, float))
             or isinstance(v, bool)

@@ -224,6 +224,47 @@ def test_invalid_env_names(key):
     assert fields({"env": {key: "x"}}) == ["env"]
 
 
+@pytest.mark.parametrize(
+    "key",
+    [
+        # read by the loader / glibc before any code of the user runs (outside the sandbox too)
+        "LD_AUDIT",
+        "LD_PRELOAD",
+        "LD_LIBRARY_PATH",
+        "GCONV_PATH",
+        "MALLOC_CHECK_",
+        "LOCPATH",
+        "TMPDIR",
+        "RES_OPTIONS",
+        # shells and runtimes
+        "BASH_ENV",
+        "ENV",
+        "SHELLOPTS",
+        "BASH_FUNC_ls%%",
+        "PYTHONPATH",
+        "PYTHONHOME",
+        "PYTHONSTARTUP",
+        "NODE_OPTIONS",
+        "GIT_SSH_COMMAND",
+        # not of the accepted shape (an allow rule, not a deny list)
+        "ld_audit",
+        "my_var",
+        "X.Y",
+    ],
+)
+def test_env_allows_only_ordinary_settings(key):
+    errors = refusal({"env": {key: "x"}})
+    assert [f for f, _ in errors] == ["env"]
+    assert key in errors[0][1]
+
+
+@pytest.mark.parametrize(
+    "key", ["OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "SEED", "PYTHONUNBUFFERED", "https_proxy"]
+)
+def test_env_accepts_ordinary_settings(key):
+    assert validate_options({"env": {key: "1"}}, make_ctx()).env == {key: "1"}
+
+
 @pytest.mark.parametrize("value", [None, ["x"], True, "a\0b", "x" * 5000])
 def test_invalid_env_values(value):
     assert fields({"env": {"FOO": value}}) == ["env"]
