@@ -21,6 +21,7 @@ from typing import Any
 import psutil
 from traitlets import CaselessStrEnum, List, Unicode
 
+from ..cgroups import KqiCgroups
 from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
 from ..sandbox import DEFAULT_HIDDEN, host_view
@@ -51,6 +52,8 @@ class LocalRunner(JobRunner):
         super().__init__(**kwargs)
         self._children: dict[int, subprocess.Popen] = {}
         self._watched: dict[int, int] = {}  # job id -> pidfd of its supervisor
+        self.cgroups = KqiCgroups(parent=self)
+        self.log.info("jobs: %s", self.cgroups.note())
 
     def use_bubblewrap(self) -> bool:
         found = shutil.which(self.bwrap_path) is not None
@@ -119,6 +122,7 @@ class LocalRunner(JobRunner):
             str(launch.timeout_seconds or 0),
             "--grace",
             str(self.stop_grace),
+            *self._cgroup_args(launch),
             "--",
             *prefix,
             "/bin/sh",
@@ -169,6 +173,7 @@ class LocalRunner(JobRunner):
         if status is not None:
             self._cleanup(job_id)
             return status
+        self._end_cgroup(owner, job_id)
         return RunState("vanished", message="the job's process is gone and recorded no exit status")
 
     def _watch(self, job_id: int, pid: int) -> None:
@@ -210,3 +215,25 @@ class LocalRunner(JobRunner):
                 os.kill(ref["pid"], signal.SIGTERM)  # the supervisor stops the job's group
             except ProcessLookupError:
                 pass
+
+    # -- limits: each job's command in a cgroup of its own (made here, joined, read and
+    # removed by the supervisor) --------------------------------------------------------------
+    def _cgroup_args(self, launch: JobLaunch) -> list[str]:
+        """The supervisor's ``--cgroup``: a new cgroup with the profile's CPU and memory."""
+        self.cgroups.sweep(self.data_root, launch.owner, "job-")
+        leaf = f"job-{launch.id}"
+        try:
+            cgroup = self.cgroups.make(
+                self.data_root, launch.owner, leaf, launch.profile.cpu, launch.profile.memory
+            )
+        except OSError as e:
+            raise RuntimeError(f"cannot make the job's cgroup {leaf}: {e}") from e
+        if cgroup is None:
+            return []
+        return ["--cgroup", json.dumps({**cgroup.to_dict(), "memory": launch.profile.memory})]
+
+    def _end_cgroup(self, owner: str, job_id: int) -> None:
+        """A job whose supervisor vanished: nothing of it may stay in its cgroup."""
+        cgroup = self.cgroups.group(self.data_root, owner, f"job-{job_id}")
+        if cgroup is not None and not cgroup.remove(kill=True):
+            self.log.warning("job %s: processes left in %s", job_id, cgroup.paths)
