@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -111,9 +113,8 @@ def test_respawn_with_other_options_moves_links(any_platform: Platform) -> None:
         p.stop_server("cat")
 
 
-def test_git_repository_cloned_at_ref(platform: Platform, tmp_path) -> None:
-    p = platform
-    repo = tmp_path / "repo"
+def make_repo(repo: Path) -> None:
+    """A repository with train.py at v1 on main and 'exp' on branch exp."""
     git = ["git", "-c", "user.name=t", "-c", "user.email=t@example.invalid"]
     subprocess.run(["git", "init", "-q", "-b", "main", str(repo)], check=True)
     (repo / "train.py").write_text("print('v1')\n")
@@ -122,6 +123,12 @@ def test_git_repository_cloned_at_ref(platform: Platform, tmp_path) -> None:
     subprocess.run([*git, "-C", str(repo), "checkout", "-qb", "exp"], check=True)
     (repo / "train.py").write_text("print('exp')\n")
     subprocess.run([*git, "-C", str(repo), "commit", "-qam", "exp"], check=True)
+
+
+def test_git_repository_cloned_at_ref(platform: Platform, tmp_path) -> None:
+    p = platform
+    repo = tmp_path / "repo"
+    make_repo(repo)
     p.add_user("dan")
     r = p.spawn("dan", {"git": {"url": f"file://{repo}", "ref": "main"}})
     assert r.status_code in (201, 202), r.text
@@ -133,6 +140,35 @@ def test_git_repository_cloned_at_ref(platform: Platform, tmp_path) -> None:
         assert status == 0 and "v1" in out and "ok" in out
     finally:
         p.stop_server("dan")
+
+
+def test_git_clone_at_spawn_ignores_the_users_git_config(platform: Platform, tmp_path) -> None:
+    """The clone runs on the host: a hook named in the user's own ~/.gitconfig must not run."""
+    p = platform
+    repo = tmp_path / "repo"
+    make_repo(repo)
+    p.add_user("gitcfg")
+    hooks, pwned = p.home("gitcfg") / "hooks", tmp_path / "pwned"
+    hooks.mkdir(parents=True)
+    (hooks / "post-checkout").write_text(f"#!/bin/sh\nid -u > {pwned}\n")
+    (hooks / "post-checkout").chmod(0o755)
+    (p.home("gitcfg") / ".gitconfig").write_text(f"[core]\n\thooksPath = {hooks}\n")
+    # the same config does run the hook for a git that reads it (the attempt is a real one)
+    probe = tmp_path / "probe"
+    env = {"HOME": str(p.home("gitcfg")), "PATH": os.environ["PATH"]}
+    subprocess.run(["git", "clone", "-q", f"file://{repo}", str(probe)], env=env, check=True)
+    assert pwned.exists()
+    pwned.unlink()
+
+    r = p.spawn("gitcfg", {"git": {"url": f"file://{repo}"}})
+    assert r.status_code in (201, 202), r.text
+    p.wait_ready("gitcfg")
+    try:
+        status, out = p.run_in_server("gitcfg", "cat ~/git/train.py")
+        assert status == 0 and "exp" in out
+        assert not pwned.exists()
+    finally:
+        p.stop_server("gitcfg")
 
 
 def test_git_clone_failure_is_reported(platform: Platform) -> None:

@@ -29,16 +29,22 @@ from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
 from ..sandbox import DEFAULT_HIDDEN, host_view, read_init_pid
 from .common import KqiSpawnerMixin
+from .limits import CgroupLimitsMixin
 
 #: the server's init process, run by path with ``python -I`` (see serverinit.py)
 SERVER_INIT = str(Path(__file__).with_name("serverinit.py"))
+#: ssh for a clone at spawn: no config, agent or key of the hub's account, never a prompt
+GIT_SSH = (
+    "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null"
+    " -o IdentityAgent=none -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=accept-new"
+)
 STARTUP_SCRIPT = (
     'cmd="$1"; shift; sh -c "$cmd" >"$HOME/.kqi-startup.log" 2>&1'
     ' || echo "kqi: startup command failed (exit $?); see ~/.kqi-startup.log" >&2; exec "$@"'
 )
 
 
-class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
+class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpawner):
     data_root = Unicode(
         help="Data root (datasets/, users/); default env KQI_DATA_ROOT or ./.kqi-data."
     ).tag(config=True)
@@ -82,11 +88,6 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
     init_pid = Integer(0)
     init_start = Float(0)
 
-    limits_note = (
-        "Local mode: this machine runs servers as plain processes, so the profile's CPU, "
-        "memory and workspace sizes are not enforced (they are on Kubernetes)."
-    )
-
     @default("home_dir")
     def _home(self) -> str:
         return os.path.join(self.data_root, user_dir(self.user.name), "home")
@@ -110,7 +111,6 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         if self.kqi_plan is None:  # e.g. options reused without a new apply
             await self._apply_options(self, self.user_options or {})
         plan, options = self.kqi_plan, self.kqi_options
-        self.log.warning("%s: %s", self._log_name, self.limits_note)
         data_root = Path(self.data_root)
         (data_root / user_dir(self.user.name) / "jobs").mkdir(parents=True, exist_ok=True)
         Path(self.home_dir).mkdir(parents=True, exist_ok=True)
@@ -286,12 +286,18 @@ class KqiLocalSpawner(KqiSpawnerMixin, SimpleLocalProcessSpawner):
         return env
 
     async def _clone(self, url: str, ref: str, dest: Path) -> None:
-        """Clone into the scratch folder; failures stop the spawn with git's own words."""
+        """Clone into the scratch folder; failures stop the spawn with git's own words.
+
+        git runs on the host as the hub's account: none of the user's files may steer it (their
+        ~/.gitconfig could name hooks or an ssh command), nor may the account's own ssh keys
+        open repositories for them."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": self.home_dir,
+            "HOME": "/nonexistent",
+            "GIT_CONFIG_GLOBAL": "/dev/null",
             "GIT_TERMINAL_PROMPT": "0",
             "GIT_ALLOW_PROTOCOL": url.split(":", 1)[0],
+            "GIT_SSH_COMMAND": GIT_SSH,
         }
         steps = [["git", "clone", "--quiet", "--", url, str(dest)]]
         if ref:
