@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 
 from . import envrules
 from .layout import JobRef
+from .quota import Usage, over_quota
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 GIT_REF_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$")
@@ -149,6 +150,8 @@ class Context:
     max_datasets: int = 5
     max_lifetime_hours: float | None = None
     git_schemes: tuple[str, ...] = ("https", "http", "ssh", "git")
+    #: the caller's workspace as last measured (None: not measured, no storage check)
+    workspace: Usage | None = None
 
 
 class OptionsError(ValueError):
@@ -206,6 +209,8 @@ def check_profile(value: Any, ctx: Context, errors: list[tuple[str, str]]) -> st
         errors.append(
             ("profile", f"unknown profile {profile!r} (known: {', '.join(ctx.profiles)})")
         )
+    elif why := over_quota(ctx.workspace, ctx.profiles[profile].storage):
+        errors.append(("profile", why))
     return profile
 
 

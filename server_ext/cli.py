@@ -20,6 +20,7 @@ from typing import Any
 
 from culler.rules import human
 
+from . import cli_usage
 from .cli_format import duration, human_size, local_time, table
 from .client import ServiceClient, ServiceError
 from .submission import MODES, SubmissionError, build_submission, max_bytes_from_env
@@ -340,6 +341,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     last = activity.get("last_watched_process")
     if last and not activity.get("watched_processes"):
         print(f"last watched program: {last['name']}, seen {last['seen']} (idle counts from then)")
+    print(cli_usage.status_line())
     return OK
 
 
@@ -358,7 +360,8 @@ def build_parser() -> argparse.ArgumentParser:
     fmt = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(
         prog="kqi",
-        description="kqi platform commands: batch jobs from your files, datasets, the /kqi layout",
+        description="kqi platform commands: batch jobs from your files, datasets, the /kqi "
+        "layout, your workspace size",
         epilog=EXIT_CODES,
         formatter_class=fmt,
     )
@@ -478,9 +481,12 @@ def build_parser() -> argparse.ArgumentParser:
         "status",
         "when this server will be stopped automatically, and why",
         "The auto-stop forecast of this server (the rule that will stop it first and when), "
-        "its last browser access, kernels, and the processes that keep it running.",
+        "its last browser access, kernels, the processes that keep it running, and the size of "
+        "your workspace against the profile's storage.",
     )
     p.set_defaults(func=cmd_status, local=True)
+
+    cli_usage.add_parser(add)
     return parser
 
 

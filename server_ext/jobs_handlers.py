@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import unquote, urlencode
 
 from jupyter_server.base.handlers import APIHandler
 from tornado import web
@@ -131,8 +132,9 @@ def _job_id(body: bytes) -> Any:
 
 
 class PassThroughHandler(KqiServiceHandler):
-    """GET/POST api/kqi/{jobs[/...], datasets, profiles} → the service's api/..., streamed
-    back as it comes (``logs?follow=1`` chunk by chunk, downloads without buffering)."""
+    """GET/POST api/kqi/{jobs[/...], datasets, profiles, usage} → the service's api/...,
+    streamed back as it comes (``logs?follow=1`` chunk by chunk, downloads without buffering);
+    ``usage`` is told against this server's profile (KQI_PROFILE) unless ``profile`` is given."""
 
     @web.authenticated
     async def get(self, route: str) -> None:
@@ -146,7 +148,12 @@ class PassThroughHandler(KqiServiceHandler):
         # route is the raw (still %-encoded) path; no segment may climb out of api/
         if any(seg in ("", ".", "..") for seg in unquote(route).split("/")):
             raise web.HTTPError(400, "bad path: %s", route)
-        path = "api/" + route + ("?" + self.request.query if self.request.query else "")
+        query = self.request.query
+        if route == "usage" and "profile" not in self.request.arguments:
+            # against this server's profile unless another is asked for
+            profile = os.environ.get("KQI_PROFILE", "")
+            query = "&".join(q for q in (query, profile and urlencode({"profile": profile})) if q)
+        path = "api/" + route + ("?" + query if query else "")
         follow = self.get_argument("follow", "") not in ("", "0", "false")
         started = False
         content_type = "application/json"
@@ -208,5 +215,5 @@ def job_routes(base_url: str) -> list[tuple[str, type]]:
     prefix = base_url.rstrip("/") + "/api/kqi/"
     return [
         (prefix + "submit", SubmitHandler),
-        (prefix + r"((?:jobs|datasets|profiles)(?:/.*)?)", PassThroughHandler),
+        (prefix + r"((?:jobs|datasets|profiles)(?:/.*)?|usage)", PassThroughHandler),
     ]

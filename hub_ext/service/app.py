@@ -17,7 +17,7 @@ from traitlets.config import Application
 
 from ..leftovers import forget_self, record_self, run_until_stopped
 from ..options import DEFAULT_PROFILES, Profile
-from . import culls, dashboard, handlers, jobs
+from . import culls, dashboard, handlers, jobs, usage
 from .catalog import Catalog
 from .db import make_session_factory, migrate
 from .hubapi import HubClient
@@ -91,6 +91,13 @@ class KqiService(Application):
     webhook_retry_delay = Float(2.0, help="Seconds before the first webhook retry (doubles).").tag(
         config=True
     )
+    usage_interval = Float(
+        600.0,
+        help="""Seconds between measurements of each user's workspace (users/<user>/home and
+        users/<user>/jobs, in a background thread at low priority). A spawn or job whose
+        profile's storage is below the last measurement is refused; 0 turns measuring and that
+        check off (e.g. where the storage enforces its own size, as on Kubernetes).""",
+    ).tag(config=True)
     api_token = Unicode(help="This service's hub token (env JUPYTERHUB_API_TOKEN).").tag(
         config=True
     )
@@ -129,6 +136,7 @@ class KqiService(Application):
         self.engine, self._sessions = make_session_factory(self.db_url)
         self.runner = self.runner_class(parent=self, data_root=self.data_root)
         self.scheduler = Scheduler(self, self.runner, self.log)
+        self.usage = usage.UsageMonitor(self)
         self.hub = HubClient(
             os.environ.get("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api"), self.api_token
         )
@@ -145,6 +153,7 @@ class KqiService(Application):
             (url_path_join(p, "api/profiles"), handlers.ProfilesHandler),
             (url_path_join(p, "api/cull-events"), culls.CullEventsHandler),
             (url_path_join(p, "api/activity"), dashboard.ActivityHandler),
+            (url_path_join(p, "api/usage"), usage.UsageHandler),
             (url_path_join(p, "api/jobs"), jobs.JobsHandler),
             (url_path_join(p, r"api/jobs/(\d+)"), jobs.JobHandler),
             (url_path_join(p, r"api/jobs/(\d+)/stop"), jobs.StopHandler),
@@ -190,9 +199,10 @@ class KqiService(Application):
             self.data_root,
         )
         try:
-            sig = await run_until_stopped(self.scheduler.run())
+            sig = await run_until_stopped(asyncio.gather(self.scheduler.run(), self.usage.run()))
             self.log.info("kqi service stopped (%s); running jobs keep running", sig and sig.name)
         finally:
+            self.usage.close()
             server.stop()
             forget_self(pid_file)
 

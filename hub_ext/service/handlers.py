@@ -10,8 +10,11 @@ from jupyterhub.services.auth import HubOAuthenticated, UserNotAllowed
 from sqlalchemy import select
 from tornado import web
 
+from culler.rules import isoformat
+
 from ..layout import JobRef, plan_notebook
 from ..options import Context, OptionsError, requested_job_ids, validate_options
+from ..quota import Usage
 from .db import Job
 from .hubapi import UserInfo
 
@@ -61,7 +64,9 @@ class BaseHandler(web.RequestHandler):
             raise web.HTTPError(404, "no such user: %s", name)
         return info
 
-    def context_for(self, user: UserInfo, job_ids: set[int]) -> Context:
+    def context_for(
+        self, user: UserInfo, job_ids: set[int], workspace: Usage | None = None
+    ) -> Context:
         # names and groups only: walking big datasets' files must not delay each spawn
         datasets = self.kqi.catalog.scan(measure=False)
         readable_jobs = {}
@@ -80,6 +85,7 @@ class BaseHandler(web.RequestHandler):
             max_datasets=self.kqi.max_datasets,
             max_lifetime_hours=self.kqi.max_lifetime_hours,
             git_schemes=tuple(self.kqi.git_schemes),
+            workspace=workspace,
         )
 
 
@@ -155,6 +161,7 @@ class FormDataHandler(InternalHandler):
 
         ctx = self.context_for(user, set())
         datasets = self.kqi.catalog.scan()
+        workspace = await self.kqi.usage.get(user.name)
         with self.kqi.session() as s:
             jobs = s.scalars(
                 select(Job).where(Job.owner == user.name).order_by(Job.id.desc()).limit(200)
@@ -178,6 +185,11 @@ class FormDataHandler(InternalHandler):
                 "max_lifetime_hours": ctx.max_lifetime_hours,
                 "git_schemes": list(ctx.git_schemes),
                 "last_cull": last_cull.to_dict() if last_cull else None,
+                "workspace": (
+                    {"bytes": workspace.bytes, "measured_at": isoformat(workspace.measured_at)}
+                    if workspace
+                    else None
+                ),
             }
         )
 
@@ -192,7 +204,7 @@ class PlanHandler(InternalHandler):
         user = await self.user_info(body["user"])
         options = body.get("options") or {}
         ids = requested_job_ids(options) if isinstance(options, dict) else set()
-        ctx = self.context_for(user, ids)
+        ctx = self.context_for(user, ids, await self.kqi.usage.usage(user.name))
         try:
             valid = validate_options(options, ctx)
         except OptionsError as e:

@@ -136,7 +136,8 @@ class JobsHandler(JobsBase):
         raw, code = self.read_spec_and_code()
         ids = requested_job_ids({"parent": raw.get("parent")}) if isinstance(raw, dict) else set()
         try:
-            spec = validate_job_spec(raw, self.context_for(user, ids), self.kqi.max_job_seconds)
+            ctx = self.context_for(user, ids, await self.kqi.usage.usage(user.name))
+            spec = validate_job_spec(raw, ctx, self.kqi.max_job_seconds)
         except OptionsError as e:
             return self.refuse(e)
         if code is None:
@@ -192,10 +193,9 @@ class ContinueHandler(JobsBase):
             notify_url=prev.notify_url,
         )
         ref = JobRef(prev.id, prev.owner, prev.purpose)
+        ctx = self.context_for(user, set(), await self.kqi.usage.usage(user.name))
         try:
-            spec = continue_spec(
-                body, previous, ref, self.context_for(user, set()), self.kqi.max_job_seconds
-            )
+            spec = continue_spec(body, previous, ref, ctx, self.kqi.max_job_seconds)
         except OptionsError as e:
             return self.refuse(e)
         old = self.job_path(prev)

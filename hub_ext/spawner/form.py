@@ -6,10 +6,13 @@ It is inserted into JupyterHub's own spawn page, so it uses that page's Bootstra
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from html import escape
 from typing import Any
 
 from culler.rules import parse_time
+
+from ..quota import Usage, size_text, usage_line
 
 
 def _size(n: int) -> str:
@@ -30,11 +33,13 @@ def render_form(
     previous: Mapping[str, Any] | None = None,
     limits_note: str = "",
     for_user: str = "",
+    now: datetime | None = None,
 ) -> str:
     """HTML for the options form. ``data`` is the service's form data for the user being
     spawned; ``previous`` pre-fills the last options; ``limits_note`` says what this spawner
-    cannot enforce."""
+    cannot enforce; ``now`` is the time the workspace's age is told against."""
     prev = dict(previous or {})
+    workspace = _workspace(data.get("workspace"))
     e = escape
     out: list[str] = ['<div class="kqi-form">']
     if data.get("last_cull"):
@@ -58,7 +63,14 @@ def render_form(
             f'<div class="form-check"><input class="form-check-input" type="radio" name="profile"'
             f' id="{pid}" value="{e(p["name"])}"{checked}>'
             f'<label class="form-check-label" for="{pid}"><strong>{e(p["display_name"])}</strong>'
-            f" ({_profile_line(p)}){desc}</label></div>"
+            f" ({_profile_line(p)}){desc}{_too_small(workspace, p)}</label></div>"
+        )
+    if workspace:
+        shown = [p for p in data["profiles"] if p["name"] == chosen] or data["profiles"]
+        quota = shown[0]["storage"]
+        out.append(
+            f'<div class="form-text kqi-workspace">Workspace: {usage_line(workspace, quota, now)}'
+            "; a profile with less storage than that is refused.</div>"
         )
     if limits_note:
         out.append(f'<div class="form-text text-warning kqi-limits-note">{e(limits_note)}</div>')
@@ -133,6 +145,20 @@ def render_form(
     )
     out.append("</div>")
     return "\n".join(out)
+
+
+def _workspace(data: Mapping[str, Any] | None) -> Usage | None:
+    when = parse_time(data.get("measured_at")) if data else None
+    return Usage(int(data["bytes"]), when) if data and when else None
+
+
+def _too_small(workspace: Usage | None, profile: Mapping[str, Any]) -> str:
+    if not workspace or workspace.bytes <= profile["storage"]:
+        return ""
+    return (
+        f' <span class="text-danger kqi-too-small">(your workspace,'
+        f" {size_text(workspace.bytes)}, is over its {size_text(profile['storage'])})</span>"
+    )
 
 
 def last_cull_note(event: Mapping[str, Any]) -> str:
