@@ -104,6 +104,16 @@ def _proxy_url(_spawner) -> str:
     return proxy_origin(JupyterHub.instance().bind_url)
 
 
+def _accounts_settings(_spawner) -> str:
+    """The hub's ``c.KqiAccounts`` for the kqi service (one place: the hub's config)."""
+    from jupyterhub.app import JupyterHub
+
+    from hub_ext.accounts import hub_settings
+
+    return hub_settings(JupyterHub.instance().config)
+
+
+c.JupyterHub.services[0]["environment"]["KQI_ACCOUNTS"] = _accounts_settings
 # the admin dashboard of the kqi service probes running servers through the proxy too
 c.JupyterHub.services[0]["environment"]["KQI_PROXY_URL"] = _proxy_url
 

@@ -36,7 +36,7 @@ def bwrap_args(
 ) -> list[str]:
     """bubblewrap command prefix for ``plan`` (see sandbox.bwrap_argv; ``flags`` go there):
     the machine read-only as ``host`` shows it, the data root hidden except ``keep`` (e.g.
-    the user's home), the plan at ``kqi_root``; ``extra`` options before ``--cap-drop``."""
+    the user's home), the plan at ``kqi_root``; ``extra``: more bubblewrap options."""
     binds = [(b.read_only, src, b.target) for b, src in resolve(plan, data_root, scratch)]
     args = bwrap_argv(
         plan,
@@ -48,7 +48,8 @@ def bwrap_args(
         bwrap=bwrap,
         **flags,
     )
-    args[-3:-3] = extra or []
+    end = args.index("--")
+    args[end:end] = extra or []
     return args
 
 

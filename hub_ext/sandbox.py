@@ -105,6 +105,7 @@ def bwrap_argv(
     die_with_parent: bool = False,
     info_fd: int | None = None,
     chdir: str | None = None,
+    user: Sequence[str] = (),
 ) -> list[str]:
     """The whole bubblewrap command prefix, ending in ``--``. ``binds``: the plan's
     ``(read_only, source, target)``; ``keep``: folders of the hidden data root shown again,
@@ -112,12 +113,20 @@ def bwrap_argv(
     namespaces and a new session (no TIOCSTI into the hub's terminal); ``as_pid_1``: the
     command is the namespace's init, its exit ends everything in it; ``info_fd`` gets
     bubblewrap's JSON with the host pid of that init. No capabilities: nothing inside can
-    undo the mounts."""
+    undo the mounts. ``user``: the command that becomes the user's account (accounts.setpriv_argv)
+    runs first and drops them all; without it bubblewrap drops them and the command stays
+    the hub's account."""
     args = [bwrap, *host_args(host), "--perms", "0755", "--tmpfs", str(data_root)]
-    for path in keep:
-        args += ["--bind", str(path), str(path)]
-    for path in keep_read_only:
-        args += ["--ro-bind", str(path), str(path)]
+    made: set[str] = set()
+    for path, how in [*((p, "--bind") for p in keep), *((p, "--ro-bind") for p in keep_read_only)]:
+        # the folders between the data root and a kept one: bubblewrap would make them 0700
+        # root, which the user's account could not pass
+        for parent in reversed(PurePosixPath(path).parents):
+            p = str(parent)
+            if _under(p, str(data_root)) and p != str(data_root) and p not in made:
+                made.add(p)
+                args += ["--perms", "0755", "--dir", p]
+        args += [how, str(path), str(path)]
     args += ["--perms", "0755", "--tmpfs", kqi_root]
     for d in parent_dirs(plan):
         args += ["--perms", "0755", "--dir", f"{kqi_root}/{d}"]
@@ -132,6 +141,8 @@ def bwrap_argv(
         args += ["--info-fd", str(info_fd)]
     if chdir:
         args += ["--chdir", chdir]
+    if user:
+        return [*args, "--", *user]
     return [*args, "--cap-drop", "ALL", "--"]
 
 

@@ -74,3 +74,15 @@ def wait_job(
                 return job
         time.sleep(0.3)
     raise TimeoutError(f"job {job_id}: {r.text}\n{p.log_tail(40)}")
+
+
+def wait_started(p: Platform, token: str, owner: str, job_id: int, timeout: float = 60) -> None:
+    """Wait until the job runs and its supervisor is there (the job's status says "running"
+    from the moment the service starts it, a little before its process exists)."""
+    wait_job(p, token, job_id, until=("running",), timeout=timeout)
+    sup_file = p.data_root / f"users/{owner}/jobs/{job_id}/logs/supervisor.json"
+    deadline = time.monotonic() + timeout
+    while not sup_file.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"job {job_id}: no supervisor after {timeout:g} s")
+        time.sleep(0.1)

@@ -33,6 +33,10 @@ c = get_config()
 c.JupyterHub.cleanup_servers = True
 c.KqiLocalSpawner.isolation = {isolation!r}
 c.KqiAuthenticator.password_file = {password_file!r}
+# each test platform's own Unix accounts, removed when it stops (tests.platform.remove_accounts)
+c.KqiAccounts.prefix = {account_prefix!r}
+c.KqiAccounts.uid_min = 200000
+c.KqiAccounts.uid_max = 299999
 c.JupyterHub.services[0]["command"] += [
     "--KqiService.git_schemes=['https', 'file']",
     "--KqiService.max_running_jobs=3",
@@ -67,6 +71,22 @@ def private_platform(
             shutil.rmtree(base, ignore_errors=True)
 
 
+def remove_accounts(prefix: str) -> None:
+    """Remove the Unix accounts (and their groups) a test platform made: ``prefix`` is its own.
+    The platform itself never removes an account (a uid is never reused)."""
+    import grp
+    import pwd
+
+    from hub_ext.accounts import COMMENT
+
+    for pw in pwd.getpwall():
+        if pw.pw_name.startswith(prefix) and pw.pw_gecos.startswith(COMMENT):
+            subprocess.run(["userdel", pw.pw_name], capture_output=True)
+    for g in grp.getgrall():
+        if g.gr_name.startswith(prefix):
+            subprocess.run(["groupdel", g.gr_name], capture_output=True)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -85,11 +105,15 @@ class Platform:
         )
         self.url = f"http://127.0.0.1:{self.port}"
         self.admin_token = secrets.token_hex(16)
+        self.account_prefix = f"kt{secrets.token_hex(2)}-"
         self.password_file = base / "admin-password"
         self.log_path = base / "hub.log"
         (base / "kqi_hub_config.py").write_text(
             TEST_CONFIG.format(
-                isolation=isolation, password_file=str(self.password_file), token=self.admin_token
+                isolation=isolation,
+                password_file=str(self.password_file),
+                token=self.admin_token,
+                account_prefix=self.account_prefix,
             )
             + extra_config
         )
@@ -157,6 +181,19 @@ class Platform:
                     p.kill()
                 except psutil.Error:
                     pass
+
+        remove_accounts(self.account_prefix)
+
+    def account(self, user: str):
+        """The Unix account ``user``'s servers and jobs run as (pwd entry), or None."""
+        import pwd
+
+        from hub_ext.accounts import unix_name
+
+        try:
+            return pwd.getpwnam(unix_name(user, self.account_prefix))
+        except KeyError:
+            return None
 
     def log_tail(self, n: int = 60) -> str:
         try:

@@ -13,7 +13,7 @@ import psutil
 import pytest
 import requests
 
-from .jobs import archive, submit, wait_job
+from .jobs import archive, submit, wait_job, wait_started
 from .platform import Platform, free_port
 
 TRAIN = """
@@ -332,11 +332,8 @@ def test_service_kill9_jobs_reattached(p: Platform) -> None:
     ends = submit(p, tok, {"command": "sleep 2; echo done > /kqi/output/done.txt; exit 4"}).json()
     keeps = submit(p, tok, {"command": "sleep 300"}).json()
     for j in (ends, keeps):
-        wait_job(p, tok, j["id"], until=("running",))
+        wait_started(p, tok, "xia", j["id"])
     sup_file = p.data_root / f"users/xia/jobs/{keeps['id']}/logs/supervisor.json"
-    deadline = time.monotonic() + 10
-    while not sup_file.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
     old = _service_pid(p)
     psutil.Process(old).kill()  # kill -9 while both run
     # while the service is down: the second job's supervisor vanishes without a status
@@ -365,7 +362,7 @@ def test_running_job_survives_service_restart(p: Platform) -> None:
     # it runs until the test drops a file into its code folder
     cmd = "while [ ! -e go ]; do sleep 0.2; done; echo finished"
     job = submit(p, tok, {"command": cmd}).json()
-    wait_job(p, tok, job["id"], until=("running",))
+    wait_started(p, tok, "yan", job["id"])
     old = _service_pid(p)
     psutil.Process(old).kill()
     deadline = time.monotonic() + 60

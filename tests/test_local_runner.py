@@ -12,9 +12,12 @@ from pathlib import Path
 import psutil
 import pytest
 
+from hub_ext.accounts import KqiAccounts
 from hub_ext.layout import job_dir, plan_job
 from hub_ext.options import Profile
 from hub_ext.runners import JobLaunch, LocalRunner
+
+from .platform import remove_accounts
 
 PROFILE = Profile("standard", "Standard", cpu=1, memory=2**30, storage=2**30)
 ISOLATIONS = ["none"] + (["bubblewrap"] if shutil.which("bwrap") else [])
@@ -25,8 +28,19 @@ def launch(job_id: int, command: str, env: dict[str, str] | None = None) -> JobL
     return JobLaunch(job_id, "ann", command, plan, {**(env or {}), **plan.env}, PROFILE)
 
 
+#: this module's Unix accounts (a sandboxed job runs as its owner's)
+PREFIX = f"kr{os.getpid() % 10000:04d}-"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _accounts():
+    yield
+    remove_accounts(PREFIX)
+
+
 def runner(root: Path, isolation: str) -> tuple[LocalRunner, asyncio.Event]:
     r = LocalRunner(data_root=str(root), isolation=isolation, stop_grace=2)
+    r.accounts = KqiAccounts(prefix=PREFIX, uid_min=200000, uid_max=299999, data_root=str(root))
     changed = asyncio.Event()
     r.on_change = changed.set
     return r, changed

@@ -125,9 +125,10 @@ def make_repo(repo: Path) -> None:
     subprocess.run([*git, "-C", str(repo), "commit", "-qam", "exp"], check=True)
 
 
-def test_git_repository_cloned_at_ref(platform: Platform, tmp_path) -> None:
+def test_git_repository_cloned_at_ref(platform: Platform) -> None:
     p = platform
-    repo = tmp_path / "repo"
+    # a file:// repository the user's account can read in its sandbox: in its own home
+    repo = p.home("dan") / "repo"
     make_repo(repo)
     p.add_user("dan")
     r = p.spawn("dan", {"git": {"url": f"file://{repo}", "ref": "main"}})
@@ -143,12 +144,13 @@ def test_git_repository_cloned_at_ref(platform: Platform, tmp_path) -> None:
 
 
 def test_git_clone_at_spawn_ignores_the_users_git_config(platform: Platform, tmp_path) -> None:
-    """The clone runs on the host: a hook named in the user's own ~/.gitconfig must not run."""
+    """The clone runs before the server: a hook named in the user's own ~/.gitconfig must not
+    run (it would run as the platform's account, or before the user's limits apply)."""
     p = platform
-    repo = tmp_path / "repo"
+    repo = p.home("gitcfg") / "repo"
     make_repo(repo)
     p.add_user("gitcfg")
-    hooks, pwned = p.home("gitcfg") / "hooks", tmp_path / "pwned"
+    hooks, pwned = p.home("gitcfg") / "hooks", p.home("gitcfg") / "pwned"
     hooks.mkdir(parents=True)
     (hooks / "post-checkout").write_text(f"#!/bin/sh\nid -u > {pwned}\n")
     (hooks / "post-checkout").chmod(0o755)

@@ -21,6 +21,14 @@ from typing import Any
 import psutil
 from traitlets import CaselessStrEnum, List, Unicode
 
+from ..accounts import (
+    Account,
+    AccountError,
+    KqiAccounts,
+    accounts_from_hub,
+    prepare_tree,
+    setpriv_argv,
+)
 from ..cgroups import KqiCgroups
 from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
@@ -61,6 +69,35 @@ class LocalRunner(JobRunner):
             raise RuntimeError(f"isolation is 'bubblewrap' but {self.bwrap_path} is missing")
         return self.isolation == "bubblewrap" or (self.isolation == "auto" and found)
 
+    setpriv_path = Unicode(
+        "setpriv", help="util-linux setpriv: inside the sandbox it becomes the owner's account."
+    ).tag(config=True)
+
+    async def _account(self, owner: str) -> Account | None:
+        """The owner's Unix account (made now if they never started a server); None when
+        this service does not run as root (then the job runs as the service's account)."""
+        if os.geteuid() != 0:
+            return None
+        if self.accounts is None:
+            self.accounts = accounts_from_hub(self.data_root)
+        try:
+            return await asyncio.to_thread(self.accounts.ensure, owner)
+        except (AccountError, ValueError) as e:
+            raise RuntimeError(f"cannot set up the Unix account of {owner}: {e}") from e
+
+    accounts: KqiAccounts | None = None
+
+    @staticmethod
+    def _hand_over(jdir: Path, scratch: Path, account: Account) -> None:
+        """What the job writes is the owner's (0700); its logs stay the platform's: the
+        supervisor writes them, the job cannot change them."""
+        for d in (jdir / "code", jdir / "output"):
+            prepare_tree(d, account)
+        for d in scratch.iterdir():
+            if d.is_dir() and not d.is_symlink():
+                prepare_tree(d, account)
+        os.chmod(jdir / "logs", 0o755)
+
     def _scratch(self, job_id: int) -> Path:
         return Path(self.data_root) / "run" / "jobs" / str(job_id)
 
@@ -86,6 +123,9 @@ class LocalRunner(JobRunner):
         if self.use_bubblewrap():
             root = "/kqi"
             Path(root).mkdir(mode=0o755, exist_ok=True)  # the mount point, on the host
+            account = await self._account(launch.owner)
+            if account is not None:
+                await asyncio.to_thread(self._hand_over, jdir, scratch, account)
             # the owner's home, read-only at its own path: what `pip install` put in ~/.local
             # imports here too (links in it resolve inside the sandbox, not on the host)
             home = data_root / user_dir(launch.owner) / "home"
@@ -99,6 +139,7 @@ class LocalRunner(JobRunner):
                 keep_read_only=[home] if home.is_dir() else [],
                 die_with_parent=True,
                 chdir=f"{root}/code",
+                user=setpriv_argv(account, self.setpriv_path) if account else [],
             )
             env["KQI_ISOLATION"] = "bubblewrap"
             env.setdefault("PYTHONUSERBASE", str(home / ".local"))

@@ -25,6 +25,7 @@ from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default
 
 from culler.app import server_rules_json
 
+from ..accounts import Account, AccountError, KqiAccounts, prepare_tree, setpriv_argv
 from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
 from ..sandbox import DEFAULT_HIDDEN, host_view, read_init_pid
@@ -61,6 +62,10 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
         isolation between users are then not enforced), 'auto' uses bubblewrap when installed.""",
     ).tag(config=True)
     bwrap_path = Unicode("bwrap", help="The bubblewrap executable.").tag(config=True)
+    setpriv_path = Unicode(
+        "setpriv",
+        help="util-linux setpriv: inside the sandbox it becomes the user's account for good.",
+    ).tag(config=True)
     hidden_paths = List(
         Unicode(),
         DEFAULT_HIDDEN,
@@ -112,8 +117,9 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
             await self._apply_options(self, self.user_options or {})
         plan, options = self.kqi_plan, self.kqi_options
         data_root = Path(self.data_root)
-        (data_root / user_dir(self.user.name) / "jobs").mkdir(parents=True, exist_ok=True)
-        Path(self.home_dir).mkdir(parents=True, exist_ok=True)
+        sandboxed = self.use_bubblewrap()
+        account = await self._account() if sandboxed else None
+        await asyncio.to_thread(self._prepare_folders, account)
         missing = missing_sources(plan, data_root)
         if missing:
             names = ", ".join(f"/kqi/{b.target} ({b.role})" for b in missing)
@@ -124,17 +130,31 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
         for b in plan.bindings:
             if b.source is None:
                 (scratch / b.target).mkdir(parents=True, exist_ok=True)
-        if options.git:
-            await self._clone(options.git.url, options.git.ref, scratch / "git")
+                if account is not None:
+                    prepare_tree(scratch / b.target, account)
 
         info_r = info_w = -1
-        if self.use_bubblewrap():
+        if sandboxed:
             kqi_root, isolation = "/kqi", "bubblewrap"
             try:  # the mount point, on the host (the sandbox's root is read-only)
                 Path(kqi_root).mkdir(mode=0o755, exist_ok=True)
             except OSError as e:
                 raise web.HTTPError(500, f"cannot create the mount point {kqi_root}: {e}") from e
             host = host_view(self.hidden_paths, data_root / "run")
+            user = setpriv_argv(account, self.setpriv_path) if account else []
+            if options.git:  # as the user, in the server's view: nothing of theirs on the host
+                clone = bwrap_args(
+                    plan,
+                    data_root,
+                    scratch,
+                    [Path(self.home_dir)],
+                    bwrap=self.bwrap_path,
+                    host=host,
+                    die_with_parent=True,
+                    chdir=self.home_dir,
+                    user=user,
+                )
+                await self._clone(options.git.url, options.git.ref, "/kqi/git", clone)
             info_r, info_w = os.pipe()
             os.set_inheritable(info_w, True)
             prefix = bwrap_args(
@@ -146,8 +166,11 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
                 host=host,
                 as_pid_1=True,
                 info_fd=info_w,
+                user=user,
             )
         else:
+            if options.git:
+                await self._clone(options.git.url, options.git.ref, str(scratch / "git"), [])
             root = self.server_dir / "kqi"
             build_link_tree(plan, data_root, scratch, root)
             kqi_root, isolation, prefix = str(root), "none", []
@@ -166,17 +189,15 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
         # links into this user's per-server folders are ours too (moved when the mode changes)
         runs = glob.escape(str(data_root / "run" / self.user.name))
         self._kqi_extra_env["KQI_LINK_ROOTS"] = os.pathsep.join(["/kqi", f"{runs}/*/kqi"])
+        startup = []
         if options.startup_command:
-            prefix += ["sh", "-c", STARTUP_SCRIPT, "kqi-startup", options.startup_command]
+            startup = ["sh", "-c", STARTUP_SCRIPT, "kqi-startup", options.startup_command]
         # the init process: what the server leaves running stays below it (watched, and ended
         # with the server), whatever it did to its session or environment. In the sandbox it
-        # is the pid namespace's pid 1; without one it runs on top, as a subreaper
+        # is the pid namespace's pid 1 (already the user's account); without one it runs on
+        # top, as a subreaper
         init = [sys.executable, "-I", SERVER_INIT, f"--grace={self.leftover_grace:g}", "--"]
-        if isolation == "bubblewrap":
-            bwrap_end = prefix.index("--") + 1
-            prefix = prefix[:bwrap_end] + init + prefix[bwrap_end:]
-        else:
-            prefix = init + prefix
+        prefix = prefix + init + startup
 
         base, popen_kwargs = list(self.cmd), self.popen_kwargs
         self._kqi_bin_dir = os.path.dirname(shutil.which(base[0]) or base[0])
@@ -271,7 +292,7 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
         # and environment this spawner set
         shell = json.dumps({"shell_command": [shutil.which("bash") or "/bin/sh"]})
         args.append(f"--ServerApp.terminado_settings={shell}")
-        if os.geteuid() == 0:  # the hub runs as root (e.g. in a container): say so explicitly
+        if os.geteuid() == 0 and not self.use_bubblewrap():  # the server runs as root: say so
             args.append("--ServerApp.allow_root=True")
         return args
 
@@ -285,12 +306,45 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
             env["PATH"] = os.pathsep.join([bin_dir, *path])
         return env
 
-    async def _clone(self, url: str, ref: str, dest: Path) -> None:
+    async def _account(self) -> Account | None:
+        """The user's Unix account, made on their first start (needs root: else None, and the
+        server runs as the hub's account, which the start-up log and spawn page say)."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            return await asyncio.to_thread(self.accounts.ensure, self.user.name)
+        except (AccountError, ValueError) as e:
+            why = f"cannot set up the Unix account of {self.user.name}: {e}"
+            raise web.HTTPError(500, why) from e
+
+    @property
+    def accounts(self) -> KqiAccounts:
+        if self._kqi_accounts is None:
+            self._kqi_accounts = KqiAccounts(parent=self, data_root=self.data_root)
+        return self._kqi_accounts
+
+    _kqi_accounts: KqiAccounts | None = None
+
+    def _prepare_folders(self, account: Account | None) -> None:
+        """The user's folder is the platform's (root, 0700: jobs' logs are written there);
+        the home is the account's, 0700 (an older home made as root is handed over)."""
+        user = Path(self.data_root, user_dir(self.user.name))
+        user.mkdir(parents=True, exist_ok=True, mode=0o700)
+        (user / "jobs").mkdir(exist_ok=True, mode=0o755)
+        self.server_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        if account is None:
+            Path(self.home_dir).mkdir(parents=True, exist_ok=True)
+        else:
+            os.chmod(user, 0o700)
+            prepare_tree(Path(self.home_dir), account)
+
+    async def _clone(self, url: str, ref: str, dest: str, prefix: list[str]) -> None:
         """Clone into the scratch folder; failures stop the spawn with git's own words.
 
-        git runs on the host as the hub's account: none of the user's files may steer it (their
-        ~/.gitconfig could name hooks or an ssh command), nor may the account's own ssh keys
-        open repositories for them."""
+        In a sandbox ``prefix`` makes git the user's account inside the server's view; without
+        one git runs on the host as the hub's account. Either way none of the user's files may
+        steer it (their ~/.gitconfig could name hooks or an ssh command), nor may an account's
+        own ssh keys open repositories for them."""
         env = {
             "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
             "HOME": "/nonexistent",
@@ -299,11 +353,12 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
             "GIT_ALLOW_PROTOCOL": url.split(":", 1)[0],
             "GIT_SSH_COMMAND": GIT_SSH,
         }
-        steps = [["git", "clone", "--quiet", "--", url, str(dest)]]
+        steps = [["git", "clone", "--quiet", "--", url, dest]]
         if ref:
-            steps.append(["git", "-C", str(dest), "checkout", "--quiet", ref])
+            steps.append(["git", "-C", dest, "checkout", "--quiet", ref])
         for argv in steps:
             proc = await asyncio.create_subprocess_exec(
+                *prefix,
                 *argv,
                 env=env,
                 stdout=asyncio.subprocess.PIPE,
@@ -313,7 +368,7 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
             try:
                 out, _ = await asyncio.wait_for(proc.communicate(), self.git_timeout)
             except asyncio.TimeoutError:
-                proc.kill()
+                proc.kill()  # bubblewrap: --die-with-parent ends git with it
                 raise web.HTTPError(
                     400, f"git clone of {url} took over {self.git_timeout:g} s"
                 ) from None
