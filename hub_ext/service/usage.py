@@ -99,9 +99,12 @@ class UsageMonitor:
         return asyncio.shield(fut)
 
     async def _measure(self, user: str) -> WorkspaceUsage:
+        """Walk and record; a user without folders yet is answered 0 and not recorded, so the
+        next question (once the first spawn made the home) measures again."""
         started = time.monotonic()
+        roots = self.roots(user)
         loop = asyncio.get_running_loop()
-        tally = await loop.run_in_executor(self._executor, du.measure, self.roots(user), self._stop)
+        tally = await loop.run_in_executor(self._executor, du.measure, roots, self._stop)
         row = WorkspaceUsage(
             user=user,
             bytes=tally.bytes,
@@ -109,6 +112,8 @@ class UsageMonitor:
             seconds=round(time.monotonic() - started, 3),
             measured_at=utcnow(),
         )
+        if not any(r.is_dir() for r in roots):
+            return row
         with self.kqi.session() as s:
             row = s.merge(row)
             s.commit()
