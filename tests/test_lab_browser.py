@@ -187,6 +187,10 @@ def test_lab_shows_mounted_inputs_and_forecast(lab, lab_platform: Platform) -> N
     # both are filled in by requests of their own after the page has loaded
     expect(mounted).to_have_text("mounted: 2 datasets", timeout=30_000)
     expect(lab.locator(".kqi-autostop")).to_have_text(COUNTDOWN, timeout=30_000)
+    # the workspace size the service measured, against the server's profile (standard)
+    usage = lab.locator(".kqi-usage")
+    expect(usage).to_have_text(re.compile(r"^workspace: [\d.]+ (B|KiB|MiB) of 100 GiB$"))
+    expect(usage).to_have_attribute("title", re.compile(r"of 100 GiB \(measured \d+ s ago\)"))
     mounted.click()
     dialog = lab.locator(".jp-Dialog")
     expect(dialog).to_contain_text("dataset mnist: ~/input/mnist")

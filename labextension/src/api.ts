@@ -62,6 +62,17 @@ export interface ILayout {
   home_links: { name: string; status: string; target: string; reason: string }[];
 }
 
+export interface IUsage {
+  user: string;
+  bytes: number;
+  files: number;
+  measured_at: string;
+  profile: string;
+  quota: number;
+  over_quota: boolean;
+  text: string;
+}
+
 /** An error with the message the server gave (its JSON "message"), for the user to read. */
 export class KqiError extends Error {
   constructor(

@@ -1,6 +1,7 @@
 /**
  * kqi-hub in JupyterLab: "Submit as job…" (notebook toolbar, file browser menu, palette), the
- * Jobs sidebar with job views, the auto-stop forecast and the mounted inputs in the status bar.
+ * Jobs sidebar with job views, the auto-stop forecast, the mounted inputs and the workspace
+ * size in the status bar.
  */
 import { JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import {
@@ -19,6 +20,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 import { JobView, JobsPanel, jobViewOpener } from './jobs';
 import { AutoStopItem, MountedItem } from './status';
 import { showErrorDialog, submitDialog } from './submit';
+import { UsageItem } from './usage';
 
 const PLUGIN_ID = 'kqi-hub-labextension:plugin';
 
@@ -163,6 +165,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     // -- status bar ---------------------------------------------------------------------------
     const autoStop = new AutoStopItem();
     const mounted = new MountedItem();
+    const usage = new UsageItem();
     if (statusBar) {
       statusBar.registerStatusItem('kqi-hub:auto-stop', {
         item: autoStop,
@@ -174,6 +177,11 @@ const plugin: JupyterFrontEndPlugin<void> = {
         align: 'left',
         rank: 51
       });
+      statusBar.registerStatusItem('kqi-hub:usage', {
+        item: usage,
+        align: 'left',
+        rank: 52
+      });
     }
     let started = false;
     const apply = (s: ISettingRegistry.ISettings | null): void => {
@@ -182,6 +190,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
       autoStop.warnMinutes = get('warnMinutes', 10);
       autoStop.interval = get('activitySeconds', 30);
       panel.interval = get('jobsSeconds', 5);
+      usage.interval = get('usageSeconds', 60);
       started = true;
     };
     if (settingRegistry) {
