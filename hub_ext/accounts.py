@@ -177,11 +177,13 @@ class KqiAccounts(Configurable):
         raise AccountError(f"no free uid for {name} after {tried}")
 
     def _free_id(self, ever: list[int]) -> int:
-        """Above every uid and gid of the range in use now or handed out before."""
-        used = {u for u in ever if self.uid_min <= u <= self.uid_max}
-        used |= {p.pw_uid for p in pwd.getpwall() if self.uid_min <= p.pw_uid <= self.uid_max}
-        used |= {g.gr_gid for g in grp.getgrall() if self.uid_min <= g.gr_gid <= self.uid_max}
-        uid = max(used, default=self.uid_min - 1) + 1
+        """The lowest uid above every one this platform ever handed out that is neither a
+        uid nor a gid on this machine now (other platforms may share the range)."""
+        mine = [u for u in ever if self.uid_min <= u <= self.uid_max]
+        used = {p.pw_uid for p in pwd.getpwall()} | {g.gr_gid for g in grp.getgrall()}
+        uid = max(mine, default=self.uid_min - 1) + 1
+        while uid in used:
+            uid += 1
         if uid > self.uid_max:
             raise AccountError(f"no uid left in {self.uid_min}-{self.uid_max}")
         return uid
