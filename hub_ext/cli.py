@@ -15,6 +15,7 @@ from jupyterhub.app import JupyterHub
 from traitlets import Integer
 
 from . import leftovers
+from .isolation import IsolationUnavailable, decide_here
 
 HELP = """kqi-hub: start the kqi platform on this machine (JupyterHub on http://127.0.0.1:8000).
 
@@ -43,6 +44,40 @@ class KqiHub(JupyterHub):
     ).tag(config=True)
 
     _stopping = False
+
+    async def initialize(self, *args, **kwargs) -> None:
+        await super().initialize(*args, **kwargs)
+        self._say_isolation()
+
+    def _say_isolation(self) -> None:
+        """Say once at start whether users are kept apart; refuse to run when 'bubblewrap'
+        was asked for and cannot be had. The data root is the platform's alone (0700)."""
+        from .spawner.local import KqiLocalSpawner
+
+        if not issubclass(self.spawner_class, KqiLocalSpawner):
+            return
+        section = self.config.KqiLocalSpawner
+        try:
+            decision = decide_here(
+                str(section.get("isolation", "auto")),
+                str(section.get("bwrap_path", "bwrap")),
+                str(section.get("setpriv_path", "setpriv")),
+            )
+        except IsolationUnavailable as e:
+            self.log.critical("kqi-hub: %s; not starting", e)
+            self.exit(1)
+        data_root = Path(os.environ.get("KQI_DATA_ROOT", ".kqi-data"))
+        if os.geteuid() == 0 and data_root.is_dir():
+            os.chmod(data_root, 0o700)
+        if decision.isolated:
+            self.log.info(
+                "kqi-hub: users are isolated: each runs as a Unix account of their own in a "
+                "bubblewrap sandbox"
+            )
+        elif decision.admins_only:
+            self.log.critical("kqi-hub: %s", decision.note())
+        else:
+            self.log.warning("kqi-hub: %s", decision.note())
 
     async def shutdown_cancel_tasks(self, sig=None) -> None:
         if self._stopping:  # a second Ctrl-C: the first stop is under way

@@ -113,7 +113,16 @@ def _accounts_settings(_spawner) -> str:
     return hub_settings(JupyterHub.instance().config)
 
 
+def _isolation_setting(_spawner) -> str:
+    """The hub's c.KqiLocalSpawner.isolation: the jobs' isolation follows the servers'."""
+    from jupyterhub.app import JupyterHub
+
+    section = JupyterHub.instance().config.KqiLocalSpawner
+    return str(section.isolation) if "isolation" in section else "auto"
+
+
 c.JupyterHub.services[0]["environment"]["KQI_ACCOUNTS"] = _accounts_settings
+c.JupyterHub.services[0]["environment"]["KQI_ISOLATION_SETTING"] = _isolation_setting
 # the admin dashboard of the kqi service probes running servers through the proxy too
 c.JupyterHub.services[0]["environment"]["KQI_PROXY_URL"] = _proxy_url
 

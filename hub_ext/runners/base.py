@@ -57,6 +57,10 @@ class JobRunner(LoggingConfigurable):
         #: tell never call it and are polled on the tick alone.
         self.on_change: Callable[[], None] = lambda: None
 
+    def refusal(self, user: str, admin: bool) -> str | None:
+        """Why ``user`` may not submit jobs through this runner at all (None: they may)."""
+        return None
+
     def job_path(self, owner: str, job_id: int) -> Path:
         return Path(self.data_root) / job_dir(owner, job_id)
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from traitlets import CaselessStrEnum, List, Unicode
+from traitlets import CaselessStrEnum, List, Unicode, default
 
 from ..accounts import (
     Account,
@@ -30,11 +30,14 @@ from ..accounts import (
     setpriv_argv,
 )
 from ..cgroups import KqiCgroups
+from ..isolation import Decision, IsolationUnavailable, decide_here
 from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
 from ..sandbox import DEFAULT_HIDDEN, host_view
 from .base import JobLaunch, JobRunner, RunState
 
+#: the hub's c.KqiLocalSpawner.isolation, the default of LocalRunner.isolation
+ISOLATION_ENV = "KQI_ISOLATION_SETTING"
 #: run by path, not ``-m hub_ext.runners.supervise``: that would import the runners package
 #: (traitlets, the layout...), half a second before each job could start
 SUPERVISOR = str(Path(__file__).with_name("supervise.py"))
@@ -43,10 +46,17 @@ SUPERVISOR = str(Path(__file__).with_name("supervise.py"))
 class LocalRunner(JobRunner):
     isolation = CaselessStrEnum(
         ["auto", "bubblewrap", "none"],
-        "auto",
-        help="'bubblewrap' mounts the layout at /kqi; 'none' uses a per-job folder of links "
-        "(read-only inputs not enforced); 'auto': bubblewrap when installed.",
+        help="'bubblewrap': each job runs as its owner's Unix account in a sandbox with the "
+        "layout at /kqi (needs root, bwrap, setpriv, useradd); 'none': as the service's account "
+        "with a per-job folder of links (nothing isolated); 'auto': 'bubblewrap' where it can "
+        "be had, elsewhere only admins may submit jobs. Keep it equal to "
+        "c.KqiLocalSpawner.isolation, which the embedded platform passes as the default.",
     ).tag(config=True)
+
+    @default("isolation")
+    def _isolation_of_the_hub(self) -> str:
+        return os.environ.get(ISOLATION_ENV) or "auto"
+
     bwrap_path = Unicode("bwrap", help="The bubblewrap executable.").tag(config=True)
     hidden_paths = List(
         Unicode(),
@@ -63,11 +73,21 @@ class LocalRunner(JobRunner):
         self.cgroups = KqiCgroups(parent=self)
         self.log.info("jobs: %s", self.cgroups.note())
 
+    @property
+    def decision(self) -> Decision:
+        """Whether owners are kept apart (an account each, in a sandbox); see isolation.py."""
+        return decide_here(self.isolation, self.bwrap_path, self.setpriv_path)
+
     def use_bubblewrap(self) -> bool:
-        found = shutil.which(self.bwrap_path) is not None
-        if self.isolation == "bubblewrap" and not found:
-            raise RuntimeError(f"isolation is 'bubblewrap' but {self.bwrap_path} is missing")
-        return self.isolation == "bubblewrap" or (self.isolation == "auto" and found)
+        try:
+            return self.decision.mode == "bubblewrap"
+        except IsolationUnavailable as e:
+            raise RuntimeError(str(e)) from e
+
+    def refusal(self, user: str, admin: bool) -> str | None:
+        """Why ``user`` may not submit jobs here: owners cannot be kept apart (admins may)."""
+        decision = self.decision
+        return decision.refusal(user) if decision.admins_only and not admin else None
 
     setpriv_path = Unicode(
         "setpriv", help="util-linux setpriv: inside the sandbox it becomes the owner's account."
@@ -75,8 +95,8 @@ class LocalRunner(JobRunner):
 
     async def _account(self, owner: str) -> Account | None:
         """The owner's Unix account (made now if they never started a server); None when
-        this service does not run as root (then the job runs as the service's account)."""
-        if os.geteuid() != 0:
+        owners cannot be kept apart here (then the job runs as the service's account)."""
+        if not self.decision.isolated:
             return None
         if self.accounts is None:
             self.accounts = accounts_from_hub(self.data_root)

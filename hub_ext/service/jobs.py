@@ -42,6 +42,12 @@ class JobsBase(UserHandler):
     def job_path(self, job: Job) -> Path:
         return Path(self.kqi.data_root) / job_dir(job.owner, job.id)
 
+    def refuse_unisolated(self, user: UserInfo) -> None:
+        """Where owners cannot be kept apart, only admins submit jobs (403 for the others)."""
+        why = self.kqi.runner.refusal(user.name, user.admin)
+        if why:
+            raise web.HTTPError(403, why)
+
     def refuse(self, e: OptionsError) -> None:
         self.set_status(400)
         self.write_error(400, exc_info=(type(e), e, None))
@@ -133,6 +139,7 @@ class JobsHandler(JobsBase):
 
     async def post(self) -> None:
         user = await self.caller()
+        self.refuse_unisolated(user)
         raw, code = self.read_spec_and_code()
         ids = requested_job_ids({"parent": raw.get("parent")}) if isinstance(raw, dict) else set()
         try:
@@ -173,6 +180,7 @@ class StopHandler(JobsBase):
 class ContinueHandler(JobsBase):
     async def post(self, job_id: str) -> None:
         user = await self.caller()
+        self.refuse_unisolated(user)
         prev = self.job_for(job_id, user)
         if prev.status not in FINISHED:
             raise web.HTTPError(

@@ -117,6 +117,7 @@ class KqiSpawnerMixin(HasTraits):
         """Validate through the service; a refusal is a 400 naming the field, before any
         folder, clone or process is created."""
         spawner.kqi_options = spawner.kqi_plan = spawner.kqi_profile = None
+        spawner.refuse_unisolated()
         reply = await spawner._kqi_call(
             "POST",
             "api/internal/plan",
@@ -126,6 +127,9 @@ class KqiSpawnerMixin(HasTraits):
         spawner.kqi_profile = Profile(**reply["profile"])
         spawner.kqi_plan = LayoutPlan.from_dict(reply["plan"])
         spawner.apply_profile(spawner.kqi_profile)
+
+    def refuse_unisolated(self) -> None:
+        """403 for a user who may not start a server on this platform (none here)."""
 
     def apply_profile(self, profile: Profile) -> None:
         """Set the spawner's resource traits from the profile (subclasses add more)."""

@@ -26,6 +26,7 @@ from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default
 from culler.app import server_rules_json
 
 from ..accounts import Account, AccountError, KqiAccounts, prepare_tree, setpriv_argv
+from ..isolation import Decision, IsolationUnavailable, decide_here
 from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
 from ..sandbox import DEFAULT_HIDDEN, host_view, read_init_pid
@@ -57,9 +58,13 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
     isolation = CaselessStrEnum(
         ["auto", "bubblewrap", "none"],
         "auto",
-        help="""How the /kqi tree is made: 'bubblewrap' mounts it at /kqi with read-only binds,
-        'none' builds a per-server folder of links and sets KQI_ROOT to it (read-only and
-        isolation between users are then not enforced), 'auto' uses bubblewrap when installed.""",
+        help="""How users are kept apart. 'bubblewrap': each user's servers and jobs run as a
+        Unix account of their own (made on first use, see KqiAccounts) in a bubblewrap sandbox
+        with /kqi mounted read-only where it should be; needs root, bwrap, setpriv and useradd,
+        and kqi-hub refuses to start without them. 'none': every server runs as the hub's
+        account with a per-server folder of links as KQI_ROOT (nothing isolated, read-only
+        inputs not enforced; the log and every spawn page say so). 'auto': 'bubblewrap' where
+        it can be had; elsewhere only admins may start servers and jobs until 'none' is set.""",
     ).tag(config=True)
     bwrap_path = Unicode("bwrap", help="The bubblewrap executable.").tag(config=True)
     setpriv_path = Unicode(
@@ -105,20 +110,36 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
     def server_dir(self) -> Path:
         return Path(self.data_root, "run", self.user.name, self.name or "default")
 
+    @property
+    def isolation_decision(self) -> Decision:
+        """Whether users are kept apart here (an account each, in a sandbox); see isolation.py."""
+        try:
+            return decide_here(self.isolation, self.bwrap_path, self.setpriv_path)
+        except IsolationUnavailable as e:  # kqi-hub refuses to start in this case
+            raise web.HTTPError(500, str(e)) from e
+
     def use_bubblewrap(self) -> bool:
-        found = shutil.which(self.bwrap_path) is not None
-        if self.isolation == "bubblewrap" and not found:
-            raise web.HTTPError(500, f"isolation is 'bubblewrap' but {self.bwrap_path} is missing")
-        return self.isolation == "bubblewrap" or (self.isolation == "auto" and found)
+        return self.isolation_decision.mode == "bubblewrap"
+
+    @property
+    def limits_note(self) -> str:  # the spawn page and the log at each start
+        return f"{self.isolation_decision.note()} {super().limits_note}".strip()
+
+    def refuse_unisolated(self) -> None:
+        """Where users cannot be kept apart, only admins start servers (403 for the others)."""
+        decision = self.isolation_decision
+        if decision.admins_only and not self.user.admin:
+            raise web.HTTPError(403, decision.refusal(self.user.name))
 
     async def start(self):
         began = time.monotonic()
+        self.refuse_unisolated()
         if self.kqi_plan is None:  # e.g. options reused without a new apply
             await self._apply_options(self, self.user_options or {})
         plan, options = self.kqi_plan, self.kqi_options
         data_root = Path(self.data_root)
         sandboxed = self.use_bubblewrap()
-        account = await self._account() if sandboxed else None
+        account = await self._account() if self.isolation_decision.isolated else None
         await asyncio.to_thread(self._prepare_folders, account)
         missing = missing_sources(plan, data_root)
         if missing:
@@ -306,11 +327,8 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
             env["PATH"] = os.pathsep.join([bin_dir, *path])
         return env
 
-    async def _account(self) -> Account | None:
-        """The user's Unix account, made on their first start (needs root: else None, and the
-        server runs as the hub's account, which the start-up log and spawn page say)."""
-        if os.geteuid() != 0:
-            return None
+    async def _account(self) -> Account:
+        """The user's Unix account, made on their first start."""
         try:
             return await asyncio.to_thread(self.accounts.ensure, self.user.name)
         except (AccountError, ValueError) as e:
