@@ -161,7 +161,7 @@ class FormDataHandler(InternalHandler):
 
         ctx = self.context_for(user, set())
         datasets = self.kqi.catalog.scan()
-        workspace = await self.kqi.usage.get(user.name)
+        workspace = await self.kqi.usage.usage(user.name)
         with self.kqi.session() as s:
             jobs = s.scalars(
                 select(Job).where(Job.owner == user.name).order_by(Job.id.desc()).limit(200)

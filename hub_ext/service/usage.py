@@ -30,6 +30,9 @@ from . import du
 from .db import Base, utcnow
 from .handlers import UserHandler
 
+#: seconds a spawn or the form waits for a user's first measurement before going on without
+FIRST_WAIT = 10.0
+
 
 class WorkspaceUsage(Base):
     """The last measurement of one user's workspace (one row per user, replaced each time)."""
@@ -79,15 +82,24 @@ class UsageMonitor:
         with self.kqi.session() as s:
             return s.get(WorkspaceUsage, user)
 
-    async def get(self, user: str) -> WorkspaceUsage | None:
-        """The last measurement, or one made now if there is none (None when turned off)."""
+    async def get(self, user: str, wait: float | None = None) -> WorkspaceUsage | None:
+        """The last measurement, or one made now if there is none; None when turned off, or
+        when that first walk takes longer than ``wait`` seconds (it goes on and is recorded)."""
         if not self.enabled:
             return None
-        return self.last(user) or await self.measure(user)
+        row = self.last(user)
+        if row is not None:
+            return row
+        try:
+            return await asyncio.wait_for(self.measure(user), wait)
+        except asyncio.TimeoutError:
+            self.log.info("workspace of %s: first measurement still running after %ss", user, wait)
+            return None
 
     async def usage(self, user: str) -> Usage | None:
-        """What the option check needs."""
-        row = await self.get(user)
+        """What the option check and the form need, without holding a spawn up for long (the
+        hub gives the service 30 s): a first walk of a big workspace is not waited for."""
+        row = await self.get(user, wait=FIRST_WAIT)
         return row.usage() if row else None
 
     def measure(self, user: str) -> asyncio.Future[WorkspaceUsage]:
