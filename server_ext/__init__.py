@@ -26,6 +26,11 @@ def layout_state(results: list[dict[str, Any]]) -> dict[str, Any]:
         "kqi_root": root,
         "isolation": os.environ.get("KQI_ISOLATION", "none"),
         "read_only_enforced": os.environ.get("KQI_ISOLATION") in ("bubblewrap", "kubernetes"),
+        # an account (or pod) of the user's own: set by the spawner ("" where users are not
+        # isolated, with the platform's reason in isolation_note)
+        "users_isolated": os.environ.get("KQI_ISOLATION") == "kubernetes"
+        or os.environ.get("KQI_USERS_ISOLATED") == "1",
+        "isolation_note": os.environ.get("KQI_ISOLATION_NOTE", ""),
         "datasets": [d for d in os.environ.get("KQI_DATASETS", "").split(",") if d],
         "parent": os.environ.get("KQI_PARENT_ID", ""),
         "inference": os.environ.get("KQI_INFERENCE_ID", ""),

@@ -47,11 +47,18 @@ def test_datasets_mounted_read_only_with_home_link(any_platform: Platform) -> No
         if layout["isolation"] == "bubblewrap":
             assert layout["kqi_root"] == "/kqi" and layout["read_only_enforced"] is True
             assert status != 0 and "Read-only file system" in out
+            # the server runs as ann's own account, which owns her home
+            assert layout["users_isolated"] is True and layout["isolation_note"] == ""
+            account = p.account("ann")
+            status, out = p.run_in_server("ann", 'echo "uid=$(id -u) home=$(stat -c %u ~)"')
+            assert status == 0 and f"uid={account.pw_uid} home={account.pw_uid}" in out, out
             assert not (p.data_root / "datasets/mnist/new.txt").exists()
         else:
             # no bubblewrap: the per-server folder of links cannot stop a same-uid write;
             # the platform must say so instead of pretending
             assert layout["isolation"] == "none" and layout["read_only_enforced"] is False
+            assert layout["users_isolated"] is False
+            assert "Users are NOT isolated" in layout["isolation_note"]
             assert layout["kqi_root"].startswith(str(p.data_root / "run" / "ann"))
             (p.data_root / "datasets/mnist/new.txt").unlink(missing_ok=True)
     finally:

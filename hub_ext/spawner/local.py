@@ -202,6 +202,9 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
             )
         self._kqi_extra_env = self.kqi_env(kqi_root)
         self._kqi_extra_env["KQI_ISOLATION"] = isolation
+        decision = self.isolation_decision
+        self._kqi_extra_env["KQI_USERS_ISOLATED"] = "1" if decision.isolated else "0"
+        self._kqi_extra_env["KQI_ISOLATION_NOTE"] = decision.note()
         # the culler's view: processes carrying this start's id are the server's, also after
         # they left its process tree (nohup, setsid); the thresholds give the forecast
         self.kqi_server_id = uuid.uuid4().hex
