@@ -367,6 +367,8 @@ class KqiCgroups(LoggingConfigurable):
                     _v2_parents(Path(base), top)
                 else:
                     top.mkdir(exist_ok=True)
+                if not os.access(top, os.W_OK | os.X_OK):  # made by root, seen by another
+                    raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
             except OSError as e:
                 return Layout(0, problem=f"cgroups not writable here: {top}: {e.strerror}")
         if layout.version == 1:

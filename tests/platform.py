@@ -94,9 +94,17 @@ def free_port() -> int:
 
 
 class Platform:
-    def __init__(self, base: Path, isolation: str = "auto", extra_config: str = ""):
+    def __init__(
+        self,
+        base: Path,
+        isolation: str = "auto",
+        extra_config: str = "",
+        wrap: list[str] | None = None,
+    ):
         """``extra_config``: more lines for the platform's kqi_hub_config.py (e.g. culler
-        thresholds), run after the test defaults."""
+        thresholds), run after the test defaults; ``wrap``: a command prefix for kqi-hub
+        (e.g. one that makes it another account)."""
+        self.wrap = list(wrap or [])
         self.base = base
         base.mkdir(parents=True, exist_ok=True)
         self.data_root = base / "data"
@@ -131,6 +139,7 @@ class Platform:
         self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [
+                *self.wrap,
                 str(BIN / "kqi-hub"),
                 f"--port={self.port}",
                 f"--JupyterHub.hub_bind_url=http://127.0.0.1:{self.hub_port}",

@@ -7,6 +7,8 @@ tests/test_accounts.py for each reason.)"""
 
 from __future__ import annotations
 
+import os
+import pwd
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -96,6 +98,47 @@ def test_explicit_bubblewrap_that_cannot_be_had_stops_kqi_hub() -> None:
         with pytest.raises(RuntimeError, match="exited 1"):
             q.start()
         assert "'bubblewrap' but bwrap not installed; not starting" in q.log_tail()
+    finally:
+        q.stop()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def as_nobody() -> list[str]:
+    """A command prefix that runs kqi-hub as ``nobody`` (not root), with the platform's Python
+    readable where it sits below root's 0700 home (as the sandbox shows it to users)."""
+    from hub_ext.sandbox import expose_ops, platform_paths
+
+    nobody = pwd.getpwnam("nobody")
+    return [
+        "bwrap",
+        "--dev-bind", "/", "/",
+        "--perms", "0755", "--tmpfs", "/root",
+        *expose_ops(platform_paths(), ["/root"]),
+        "--",
+        "setpriv", f"--reuid={nobody.pw_uid}", f"--regid={nobody.pw_gid}", "--clear-groups",
+        "--",
+    ]  # fmt: skip
+
+
+def test_a_hub_that_is_not_root_lets_only_admins_in() -> None:
+    base = Path(tempfile.mkdtemp(prefix="kqi-nonroot-"))
+    nobody = pwd.getpwnam("nobody")
+    os.chown(base, nobody.pw_uid, nobody.pw_gid)
+    os.chmod(base, 0o755)
+    q = Platform(base, isolation="auto", wrap=as_nobody())
+    try:
+        q.start()
+        why = "kqi-hub does not run as root, so it cannot run users as accounts of their own"
+        assert "[C " in next(x for x in q.log_tail(400).splitlines() if why in x)
+        q.add_user("bob")
+        r = q.spawn("bob")
+        assert r.status_code == 403 and why in r.json()["message"], r.text
+        r = q.spawn("admin")
+        assert r.status_code in (201, 202), r.text
+        q.wait_ready("admin")
+        status, out = q.run_in_server("admin", 'echo "uid=$(id -u)"')
+        assert status == 0 and f"uid={nobody.pw_uid}" in out, out
+        q.stop_server("admin")
     finally:
         q.stop()
         shutil.rmtree(base, ignore_errors=True)
