@@ -53,6 +53,7 @@ import hub_ext
 from .browser import server_prefix, start_kernel
 from .jobs import submit, wait_job
 from .platform import Platform, private_platform
+from .test_limits import BURN
 from .test_sandbox import tiny_wheel
 
 ATTACKS = Path(__file__).with_name("attacks.py")
@@ -122,6 +123,7 @@ def prepare_bob_home(home: Path) -> None:
     without the ``wheel`` package), a git repository and the hostile ~/.gitconfig."""
     home.mkdir(parents=True)
     shutil.copy(ATTACKS, home / "attacks.py")
+    (home / "burn.py").write_text(BURN)  # two busy processes for 3 s: their CPU share
     tiny_wheel(home)
     repo = home / "repo"
     repo.mkdir()
@@ -373,6 +375,27 @@ def test_pip_install_user_imports_in_a_new_kernel_and_a_job(s: Setup) -> None:
     job = wait_job(p, tok, r.json()["id"])
     log = p.service(f"api/jobs/{job['id']}/logs", tok).text
     assert job["status"] == "succeeded" and "tiny-42" in log, (job, log)
+
+
+def cpu_ratio(out: str) -> float:
+    return float(out.split("ratio=")[-1].split()[0])
+
+
+@pytest.mark.parametrize("vehicle", ["terminal", "kernel"])
+def test_bobs_server_gets_no_more_cpu_than_its_profile(s: Setup, vehicle: str) -> None:
+    """Two busy processes in bob's server (tiny: 0.5 CPU) get half a CPU between them, not
+    the two cores of the machine (the jobs' cap: tests/test_limits.py)."""
+    p = s.p
+    if vehicle == "terminal":
+        status, out = p.run_in_server("bob", "python ~/burn.py", timeout=60)
+        assert status == 0, out
+    else:
+        res = run_cell(
+            p, "bob", s.kernel, "import os, runpy; runpy.run_path(os.path.expanduser('~/burn.py'))"
+        )
+        assert res["reply"] and res["reply"]["status"] == "ok", res
+        out = res["stdout"]
+    assert 0.1 < cpu_ratio(out) <= 0.55, out
 
 
 def test_a_kernel_over_the_memory_of_its_profile_dies_alone(s: Setup) -> None:
