@@ -150,10 +150,10 @@ def test_git_repository_cloned_at_ref(platform: Platform) -> None:
         p.stop_server("dan")
 
 
-def test_git_clone_at_spawn_ignores_the_users_git_config(platform: Platform, tmp_path) -> None:
+def test_git_clone_at_spawn_ignores_the_users_git_config(any_platform: Platform, tmp_path) -> None:
     """The clone runs before the server: a hook named in the user's own ~/.gitconfig must not
     run (it would run as the platform's account, or before the user's limits apply)."""
-    p = platform
+    p = any_platform
     repo = p.home("gitcfg") / "repo"
     make_repo(repo)
     p.add_user("gitcfg")

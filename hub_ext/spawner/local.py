@@ -8,6 +8,7 @@ names it. Servers run as the account that runs the hub.
 from __future__ import annotations
 
 import asyncio
+import functools
 import glob
 import json
 import os
@@ -31,15 +32,11 @@ from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
 from ..sandbox import DEFAULT_HIDDEN, host_view, read_init_pid
 from .common import KqiSpawnerMixin
+from .gitclone import clone_repository
 from .limits import CgroupLimitsMixin
 
 #: the server's init process, run by path with ``python -I`` (see serverinit.py)
 SERVER_INIT = str(Path(__file__).with_name("serverinit.py"))
-#: ssh for a clone at spawn: no config, agent or key of the hub's account, never a prompt
-GIT_SSH = (
-    "ssh -F /dev/null -o BatchMode=yes -o IdentitiesOnly=yes -o IdentityFile=/dev/null"
-    " -o IdentityAgent=none -o UserKnownHostsFile=/dev/null -o StrictHostKeyChecking=accept-new"
-)
 STARTUP_SCRIPT = (
     'cmd="$1"; shift; sh -c "$cmd" >"$HOME/.kqi-startup.log" 2>&1'
     ' || echo "kqi: startup command failed (exit $?); see ~/.kqi-startup.log" >&2; exec "$@"'
@@ -161,37 +158,29 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
                 Path(kqi_root).mkdir(mode=0o755, exist_ok=True)
             except OSError as e:
                 raise web.HTTPError(500, f"cannot create the mount point {kqi_root}: {e}") from e
-            host = host_view(self.hidden_paths, data_root / "run")
-            user = setpriv_argv(account, self.setpriv_path) if account else []
-            if options.git:  # as the user, in the server's view: nothing of theirs on the host
-                clone = bwrap_args(
-                    plan,
-                    data_root,
-                    scratch,
-                    [Path(self.home_dir)],
-                    bwrap=self.bwrap_path,
-                    host=host,
-                    die_with_parent=True,
-                    chdir=self.home_dir,
-                    user=user,
-                )
-                await self._clone(options.git.url, options.git.ref, "/kqi/git", clone)
-            info_r, info_w = os.pipe()
-            os.set_inheritable(info_w, True)
-            prefix = bwrap_args(
+            view = functools.partial(  # the server's view, as the user's account
+                bwrap_args,
                 plan,
                 data_root,
                 scratch,
                 [Path(self.home_dir)],
                 bwrap=self.bwrap_path,
-                host=host,
-                as_pid_1=True,
-                info_fd=info_w,
-                user=user,
+                host=host_view(self.hidden_paths, data_root / "run"),
+                user=setpriv_argv(account, self.setpriv_path) if account else [],
             )
+            if options.git:  # as the user, in the server's view: nothing of theirs on the host
+                clone = view(die_with_parent=True, chdir=self.home_dir)
+                await clone_repository(
+                    options.git.url, options.git.ref, "/kqi/git", clone, self.git_timeout
+                )
+            info_r, info_w = os.pipe()
+            os.set_inheritable(info_w, True)
+            prefix = view(as_pid_1=True, info_fd=info_w)
         else:
             if options.git:
-                await self._clone(options.git.url, options.git.ref, str(scratch / "git"), [])
+                await clone_repository(
+                    options.git.url, options.git.ref, str(scratch / "git"), [], self.git_timeout
+                )
             root = self.server_dir / "kqi"
             build_link_tree(plan, data_root, scratch, root)
             kqi_root, isolation, prefix = str(root), "none", []
@@ -358,45 +347,6 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
         else:
             os.chmod(user, 0o700)
             prepare_tree(Path(self.home_dir), account)
-
-    async def _clone(self, url: str, ref: str, dest: str, prefix: list[str]) -> None:
-        """Clone into the scratch folder; failures stop the spawn with git's own words.
-
-        In a sandbox ``prefix`` makes git the user's account inside the server's view; without
-        one git runs on the host as the hub's account. Either way none of the user's files may
-        steer it (their ~/.gitconfig could name hooks or an ssh command), nor may an account's
-        own ssh keys open repositories for them."""
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": "/nonexistent",
-            "GIT_CONFIG_GLOBAL": "/dev/null",
-            "GIT_TERMINAL_PROMPT": "0",
-            "GIT_ALLOW_PROTOCOL": url.split(":", 1)[0],
-            "GIT_SSH_COMMAND": GIT_SSH,
-        }
-        steps = [["git", "clone", "--quiet", "--", url, dest]]
-        if ref:
-            steps.append(["git", "-C", dest, "checkout", "--quiet", ref])
-        for argv in steps:
-            proc = await asyncio.create_subprocess_exec(
-                *prefix,
-                *argv,
-                env=env,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,
-            )
-            try:
-                out, _ = await asyncio.wait_for(proc.communicate(), self.git_timeout)
-            except asyncio.TimeoutError:
-                proc.kill()  # bubblewrap: --die-with-parent ends git with it
-                raise web.HTTPError(
-                    400, f"git clone of {url} took over {self.git_timeout:g} s"
-                ) from None
-            if proc.returncode:
-                tail = out.decode(errors="replace").strip().splitlines()[-3:]
-                what = f"checkout of {ref!r}" if argv[3] == "checkout" else "clone"
-                raise web.HTTPError(400, f"git {what} of {url} failed: {' / '.join(tail)}")
 
     async def _signal(self, sig: int) -> bool:
         """Signal the server: in a sandbox its init (pid 1 there: passes SIGINT and SIGTERM on
