@@ -4,6 +4,7 @@ links."""
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import subprocess
@@ -127,3 +128,21 @@ def test_explicit_none_lets_everyone_in_and_says_so() -> None:
     d = decide("none", 0, ALL)
     assert (d.mode, d.isolated, d.admins_only) == ("none", False, False)
     assert "NOT isolated" in d.note()
+
+
+def test_a_deleted_hub_users_account_is_locked_and_keeps_its_uid(platform) -> None:
+    p = platform
+    p.add_user("leaver")
+    r = p.spawn("leaver")
+    assert r.status_code in (201, 202), r.text
+    p.wait_ready("leaver")
+    p.stop_server("leaver")
+    account = p.account("leaver")
+    assert account is not None
+    r = p.api("DELETE", "users/leaver")
+    assert r.status_code == 204, r.text
+    status = subprocess.run(["passwd", "-S", account.pw_name], capture_output=True, text=True)
+    assert status.stdout.split()[1] == "L", status.stdout  # locked, still there
+    assert pwd.getpwnam(account.pw_name).pw_uid == account.pw_uid
+    registry = (p.data_root / "hub/accounts.json").read_text()
+    assert account.pw_uid in json.loads(registry)["ever"]

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
-from jupyterhub.utils import can_connect
+from jupyterhub.utils import can_connect, maybe_future
 from tornado import web
 from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default
 
@@ -298,6 +298,15 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
                 self.log.info("%s: ended %d processes it left running", self._log_name, ended)
         # the git clone and other fresh folders are rebuilt at each start: free the disk now
         shutil.rmtree(self.server_dir / "scratch", ignore_errors=True)
+
+    async def delete_forever(self) -> None:
+        """The hub user is deleted (JupyterHub removes the default server only then): their
+        account is locked, never removed, so its uid stays taken and their files owned."""
+        await maybe_future(super().delete_forever())
+        if self.name or not self.isolation_decision.isolated:
+            return
+        if await asyncio.to_thread(self.accounts.lock, self.user.name):
+            self.log.info("%s: Unix account locked (hub user deleted)", self._log_name)
 
     def get_args(self) -> list[str]:
         args = super().get_args()
