@@ -31,6 +31,11 @@ from .layout import LayoutPlan, parent_dirs
 #: folders of every sandbox that start empty and private (mode 1777, as on the host)
 PRIVATE_TMP = ("/tmp", "/dev/shm", "/var/tmp")
 DEFAULT_HIDDEN = ["/root", "/home", "/run", "/mnt", "/media", "/srv"]
+#: the sandbox's init (pid 1 of a server's namespace, the env loader of both), run by path
+INIT = str(Path(__file__).parent / "spawner" / "serverinit.py")
+#: all the environment bubblewrap and setpriv get on the host: none of the user's variables
+#: (the init reads those from a memfd, inside, as the user's account: ``--env-fd``)
+HOST_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 #: files of the machine whose link targets stay readable even below a hidden folder
 MACHINE_FILES = ("/etc/resolv.conf",)
 

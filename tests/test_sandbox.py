@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -24,7 +25,7 @@ import hub_ext
 from hub_ext.spawner.local import SERVER_INIT
 
 from .browser import execute, start_kernel
-from .jobs import submit, wait_job
+from .jobs import submit, wait_job, wait_started
 from .platform import Platform, private_platform
 
 VENV_SITE = sysconfig.get_paths()["purelib"]
@@ -64,16 +65,14 @@ def job_log(p: Platform, user: str, command: str) -> str:
     return log
 
 
-def init_of(user: str) -> psutil.Process:
-    """The host's view of the user's sandbox init (pid 1 of its namespace; bubblewrap, with
-    the same command line and environment, runs in ours)."""
-    ours = os.readlink("/proc/self/ns/pid")
-    for q in psutil.process_iter(["cmdline", "environ"]):
-        cmd, env = q.info["cmdline"] or [], q.info["environ"] or {}
-        if SERVER_INIT in cmd and env.get("JUPYTERHUB_USER") == user:
-            if os.readlink(f"/proc/{q.pid}/ns/pid") != ours:
-                return q
-    raise AssertionError(f"no sandbox init of {user}")
+def init_of(p: Platform, user: str) -> psutil.Process:
+    """The host's view of the user's sandbox init (pid 1 of its namespace), as the hub
+    records it; bubblewrap, its parent, runs in our namespace."""
+    state = p.api("GET", f"users/{user}").json()["servers"][""]["state"]
+    init = psutil.Process(state["init_pid"])
+    assert SERVER_INIT in init.cmdline(), init.cmdline()
+    assert os.readlink(f"/proc/{init.pid}/ns/pid") != os.readlink("/proc/self/ns/pid")
+    return init
 
 
 #: tries to write where no user may (the platform's venv and code, /etc); prints one line each
@@ -110,7 +109,7 @@ def test_proc_shows_only_the_servers_own_processes(p: Platform) -> None:
     counts = dict(kv.split("=") for kv in out.split() if kv[:4] in ("alic", "bob=", "hub="))
     assert int(counts["alice"]) >= 2 and counts["bob"] == "0" and counts["hub"] == "0", out
     # the init is pid 1 there: a user cannot kill it (and with it, the namespace)
-    init = init_of("alice")
+    init = init_of(p, "alice")
     out = sh(
         p, "alice", "tr '\\0' ' ' </proc/1/cmdline; echo; kill -9 1; sleep 0.3; echo still-here"
     )
@@ -200,7 +199,7 @@ def test_pip_install_goes_to_the_users_site_and_the_users_jobs_see_it(p: Platfor
 def test_a_restarted_hub_stops_a_server_it_did_not_start(p: Platform) -> None:
     """Last here: the hub restarts. The servers ran on (cleanup_servers False); the new hub
     knows each sandbox's init from its state, and stopping ends the whole namespace."""
-    init = init_of("bob")
+    init = init_of(p, "bob")
     namespace = os.readlink(f"/proc/{init.pid}/ns/pid")
     assert len(in_namespace(namespace)) >= 2  # the init, the server, ...
     assert p.proc is not None
@@ -226,3 +225,60 @@ def in_namespace(namespace: str) -> list[int]:
         except OSError:
             continue
     return found
+
+
+def host_side(init: psutil.Process) -> list[psutil.Process]:
+    """The platform's processes on the host above a sandbox's init, up to (not with) the
+    service or hub: bubblewrap, and for a job its supervisor."""
+    chain, q = [], init.parent()
+    while (
+        q is not None
+        and "hub_ext.service" not in q.cmdline()
+        and "kqi-hub" not in " ".join(q.cmdline())
+    ):
+        chain.append(q)
+        q = q.parent()
+    return chain
+
+
+def test_nothing_on_the_host_runs_with_the_users_variables(p: Platform) -> None:
+    """bubblewrap and setpriv (root, on the host) and a job's supervisor start with a fixed
+    environment; the user's variables and tokens reach only the init inside the sandbox."""
+    p.add_user("vic")
+    r = p.spawn("vic", {"env": {"VIC_SETTING": "vic-value"}})
+    assert r.status_code in (201, 202), r.text
+    p.wait_ready("vic")
+    try:
+        assert "vic-value" in sh(p, "vic", "echo $VIC_SETTING")
+        init = init_of(p, "vic")
+        outside = host_side(init)
+        assert outside and all("bwrap" in q.name() for q in outside), outside
+        for q in outside:
+            env = q.environ()
+            assert "VIC_SETTING" not in env and "JUPYTERHUB_API_TOKEN" not in env, env
+        server = next(
+            c
+            for c in init.children(recursive=True)
+            if any("jupyterhub-singleuser" in a for a in c.cmdline())
+        )
+        assert server.environ()["VIC_SETTING"] == "vic-value"  # from the init, inside
+    finally:
+        p.stop_server("vic")
+
+    tok = p.token("vic")
+    cmd = "echo job=$VIC_JOB; while [ ! -e go ]; do sleep 0.1; done"
+    r = submit(p, tok, {"command": cmd, "env": {"VIC_JOB": "job-value"}})
+    assert r.status_code == 201, r.text
+    job = r.json()["id"]
+    wait_started(p, tok, "vic", job)
+    logs = p.data_root / f"users/vic/jobs/{job}/logs"
+    supervisor = psutil.Process(json.loads((logs / "supervisor.json").read_text())["pid"])
+    deadline = time.monotonic() + 30
+    while "job=job-value" not in (logs / "output.log").read_text():
+        assert time.monotonic() < deadline, (logs / "output.log").read_text()
+        time.sleep(0.1)
+    for q in [supervisor, *supervisor.children(recursive=True)]:
+        if q.uids().real == 0:  # the platform's part: the supervisor and bubblewrap
+            assert "VIC_JOB" not in q.environ() and "KQI_ROOT" not in q.environ(), q
+    (p.data_root / f"users/vic/jobs/{job}/code/go").touch()
+    assert wait_job(p, tok, job)["status"] == "succeeded"

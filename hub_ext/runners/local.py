@@ -33,7 +33,7 @@ from ..cgroups import KqiCgroups
 from ..isolation import Decision, IsolationUnavailable, decide_here
 from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
-from ..sandbox import DEFAULT_HIDDEN, host_view
+from ..sandbox import DEFAULT_HIDDEN, HOST_ENV, INIT, host_view
 from .base import JobLaunch, JobRunner, RunState
 
 #: the hub's c.KqiLocalSpawner.isolation, the default of LocalRunner.isolation
@@ -171,6 +171,14 @@ class LocalRunner(JobRunner):
             env["KQI_ISOLATION"] = "none"
             cwd = str(tree / "code")
         env.update(KQI_ROOT=root, HOME=f"{root}/code")
+        command, supervisor_env, env_fd = ["/bin/sh", "-c", launch.command], env, -1
+        if prefix:  # sandboxed: the job's environment goes to the init inside, by a memfd
+            env_fd = os.memfd_create("kqi-job-env", 0)
+            os.write(env_fd, json.dumps(env).encode())
+            os.lseek(env_fd, 0, os.SEEK_SET)
+            init = [sys.executable, "-I", INIT, "--what=job", f"--env-fd={env_fd}"]
+            command = [*init, f"--grace={self.stop_grace:g}", "--", *command]
+            supervisor_env = dict(HOST_ENV)
         argv = [
             sys.executable,
             "-I",  # the job's environment (PYTHONHOME, PYTHONWARNINGS...) is not the supervisor's
@@ -183,21 +191,27 @@ class LocalRunner(JobRunner):
             str(launch.timeout_seconds or 0),
             "--grace",
             str(self.stop_grace),
+            "--mark",
+            env["KQI_JOB_MARK"],
+            *([f"--pass-fd={env_fd}"] if env_fd >= 0 else []),
             *self._cgroup_args(launch),
             "--",
             *prefix,
-            "/bin/sh",
-            "-c",
-            launch.command,
+            *command,
         ]
-        proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=open(jdir / "logs" / "supervisor.log", "ab"),
-            start_new_session=True,
-        )
+        try:
+            proc = subprocess.Popen(
+                argv,
+                env=supervisor_env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=open(jdir / "logs" / "supervisor.log", "ab"),
+                start_new_session=True,
+                pass_fds=(env_fd,) if env_fd >= 0 else (),
+            )
+        finally:
+            if env_fd >= 0:
+                os.close(env_fd)
         self._children[launch.id] = proc
         self._watch(launch.id, proc.pid)
         self.log.info("job %s of %s started (pid %s)", launch.id, launch.owner, proc.pid)

@@ -11,6 +11,10 @@ group (setsid, nohup, a double fork, even ``env -i``, which drops the job's KQI_
 adopted by it and stays below it: all of that is signalled too, and so is anything still
 carrying the mark. A finished job leaves nothing running.
 
+In a sandbox the job's environment is not this process's (it runs as root on the host with a
+fixed one): the runner hands it to the sandbox's init through a memfd this process passes on
+(``--pass-fd``), and the job's mark comes as ``--mark``.
+
 With ``--cgroup`` the job's command (not this supervisor, which runs as root on the host)
 runs in the cgroup the runner made with the profile's limits: at the end whatever is still in
 it is killed (the last net), the kernel's out-of-memory kills are counted into status.json,
@@ -139,11 +143,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=0, help="seconds; 0: none")
     ap.add_argument("--grace", type=float, default=10)
     ap.add_argument("--cgroup", type=json.loads, help='JSON {"version", "dirs", "root", "memory"}')
+    ap.add_argument("--mark", default="", help="the job's KQI_JOB_MARK (default: from the env)")
+    ap.add_argument(
+        "--pass-fd", type=int, action="append", default=[], help="a descriptor the job inherits"
+    )
     ap.add_argument("command", nargs=argparse.REMAINDER)
     args = ap.parse_args(argv)
     logs = Path(args.logs)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
-    mark = os.environ.get("KQI_JOB_MARK", "")
+    mark = args.mark or os.environ.get("KQI_JOB_MARK", "")
     reason = "exited"
     stop_at: float | None = None
     child: subprocess.Popen | None = None
@@ -172,7 +180,10 @@ def main(argv: list[str] | None = None) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             preexec_fn=join_cgroup(args.cgroup),
+            pass_fds=tuple(args.pass_fd),
         )
+        for fd in args.pass_fd:  # the job's now (its environment, for the sandbox's init)
+            os.close(fd)
         if stop_at is not None:  # asked before the job existed
             kill_all(child, mark, signal.SIGTERM)
         deadline = time.monotonic() + args.timeout if args.timeout > 0 else None

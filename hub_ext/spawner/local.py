@@ -30,13 +30,13 @@ from ..accounts import Account, AccountError, KqiAccounts, prepare_tree, setpriv
 from ..isolation import Decision, IsolationUnavailable, decide_here
 from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
-from ..sandbox import DEFAULT_HIDDEN, host_view, read_init_pid
+from ..sandbox import DEFAULT_HIDDEN, HOST_ENV, INIT, host_view, read_init_pid
 from .common import KqiSpawnerMixin
 from .gitclone import clone_repository
 from .limits import CgroupLimitsMixin
 
 #: the server's init process, run by path with ``python -I`` (see serverinit.py)
-SERVER_INIT = str(Path(__file__).with_name("serverinit.py"))
+SERVER_INIT = INIT
 STARTUP_SCRIPT = (
     'cmd="$1"; shift; sh -c "$cmd" >"$HOME/.kqi-startup.log" 2>&1'
     ' || echo "kqi: startup command failed (exit $?); see ~/.kqi-startup.log" >&2; exec "$@"'
@@ -89,6 +89,9 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
         help="""Seconds the processes a server left running (nohup, setsid, ...) get between
         SIGTERM and SIGKILL once the server itself has stopped.""",
     ).tag(config=True)
+
+    #: the memfd the environment of the server starting now goes through (-1: none)
+    _kqi_env_fd = -1
 
     # the sandbox's init (pid 1 of the server's pid namespace): its host pid and start time,
     # kept in the hub's state so a restarted hub still stops it, and never a reused pid
@@ -209,14 +212,19 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
         # with the server), whatever it did to its session or environment. In the sandbox it
         # is the pid namespace's pid 1 (already the user's account); without one it runs on
         # top, as a subreaper
-        init = [sys.executable, "-I", SERVER_INIT, f"--grace={self.leftover_grace:g}", "--"]
-        prefix = prefix + init + startup
+        init = [sys.executable, "-I", SERVER_INIT, f"--grace={self.leftover_grace:g}"]
+        env_fd = -1
+        if sandboxed:  # the environment goes to the init, not through bubblewrap (get_env)
+            env_fd = os.memfd_create("kqi-server-env", 0)
+            init.append(f"--env-fd={env_fd}")
+        self._kqi_env_fd = env_fd
+        prefix = [*prefix, *init, "--", *startup]
 
         base, popen_kwargs = list(self.cmd), self.popen_kwargs
         self._kqi_bin_dir = os.path.dirname(shutil.which(base[0]) or base[0])
         self.cmd = prefix + base
         if info_w >= 0:
-            self.popen_kwargs = {**popen_kwargs, "pass_fds": (info_w,)}
+            self.popen_kwargs = {**popen_kwargs, "pass_fds": (info_w, env_fd)}
         self.init_pid, self.init_start = 0, 0.0
         try:
             ip, port = await super().start()
@@ -228,6 +236,9 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
             self.cmd, self.popen_kwargs = base, popen_kwargs
             if info_w >= 0:
                 os.close(info_w)
+            if env_fd >= 0:
+                os.close(env_fd)
+            self._kqi_env_fd = -1
         if info_r >= 0:
             self.init_pid, self.init_start = await asyncio.to_thread(read_init_pid, info_r)
         # within the hub's start_timeout; past it (or once the process ended) the hub's own
@@ -326,6 +337,11 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
         path = env.get("PATH", os.defpath).split(os.pathsep)
         if bin_dir and bin_dir not in path:
             env["PATH"] = os.pathsep.join([bin_dir, *path])
+        if self._kqi_env_fd >= 0:  # for the sandbox's init (--env-fd); bubblewrap gets none
+            data = json.dumps(env).encode()
+            os.ftruncate(self._kqi_env_fd, 0)
+            os.pwrite(self._kqi_env_fd, data, 0)
+            return dict(HOST_ENV)
         return env
 
     async def _account(self) -> Account:

@@ -6,6 +6,11 @@ terminal leaves running when it closes (``nohup``, ``setsid``, a daemonising ``m
 ``env -i``, which drops every marker) is adopted by this process instead of by the machine's
 init: the culler's scan finds it below ``KQI_SERVER_INIT_PID`` and a stop ends it, as in a pod.
 
+With ``--env-fd N`` the command's environment comes from that file descriptor instead of this
+process's own: the platform starts bubblewrap and setpriv with a fixed environment, and only
+this process, already the user's account inside the sandbox, reads the user's variables. Jobs
+use the same init (``--what job``).
+
 It reaps what it adopts, lets the hub's signals reach the server (they go to the whole process
 group; this process only outlives them), and when the server has exited ends every process
 still below it: SIGTERM, then SIGKILL after ``--grace`` seconds. Its exit status is the
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import sys
@@ -91,9 +97,28 @@ def end_all(grace: float) -> int:
     return len(seen)
 
 
+def read_env(fd: int) -> dict[str, str]:
+    """The environment the platform handed over through ``fd`` (a memfd: no file, no path),
+    so that nothing on the host (bubblewrap, setpriv) ever ran with the user's variables."""
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
+    env = json.loads(data)
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in env.items()
+    ):
+        raise SystemExit("kqi-init: --env-fd: not a JSON object of strings")
+    return env
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="kqi-server-init", description=__doc__.split("\n")[0])
     ap.add_argument("--grace", type=float, default=3.0, help="seconds before SIGKILL")
+    ap.add_argument(
+        "--env-fd",
+        type=int,
+        help="read the command's whole environment (a JSON object) from this file descriptor",
+    )
+    ap.add_argument("--what", default="server", help="what the command is, for the log")
     ap.add_argument("command", nargs=argparse.REMAINDER, help="-- the server's command")
     args = ap.parse_args(argv)
     cmd = args.command[1:] if args.command[:1] == ["--"] else args.command
@@ -102,7 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     pid_1 = os.getpid() == 1
     if not pid_1 and not become_subreaper():
         print("kqi-server-init: cannot become a subreaper; orphans escape", file=sys.stderr)
-    env = {k: v for k, v in os.environ.items() if k != PID_NAMESPACE}
+    source = os.environ if args.env_fd is None else read_env(args.env_fd)
+    env = {k: v for k, v in source.items() if k != PID_NAMESPACE}
     env[INIT_PID] = str(os.getpid())
     server, pending = 0, []
 
@@ -138,7 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     code = os.waitstatus_to_exitcode(status)
     left = end_all(args.grace)
     if left:
-        print(f"kqi-server-init: ended {left} processes the server left running", file=sys.stderr)
+        print(f"kqi-init: ended {left} processes the {args.what} left running", file=sys.stderr)
     return code if code >= 0 else 128 - code
 
 
