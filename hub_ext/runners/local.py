@@ -158,6 +158,7 @@ class LocalRunner(JobRunner):
                 host=host_view(self.hidden_paths, data_root / "run"),
                 keep_read_only=[home] if home.is_dir() else [],
                 die_with_parent=True,
+                as_pid_1=True,  # the init: /proc shows the owner's processes only
                 chdir=f"{root}/code",
                 user=setpriv_argv(account, self.setpriv_path) if account else [],
             )
