@@ -15,7 +15,7 @@ from jupyterhub.app import JupyterHub
 from traitlets import Integer
 
 from . import leftovers
-from .isolation import IsolationUnavailable, decide_here
+from .isolation import IsolationUnavailable
 
 HELP = """kqi-hub: start the kqi platform on this machine (JupyterHub on http://127.0.0.1:8000).
 
@@ -51,24 +51,16 @@ class KqiHub(JupyterHub):
 
     def _say_isolation(self) -> None:
         """Say once at start whether users are kept apart; refuse to run when 'bubblewrap'
-        was asked for and cannot be had. The data root is the platform's alone (0700)."""
+        was asked for and cannot be had."""
         from .spawner.local import KqiLocalSpawner
 
         if not issubclass(self.spawner_class, KqiLocalSpawner):
             return
-        section = self.config.KqiLocalSpawner
         try:
-            decision = decide_here(
-                str(section.get("isolation", "auto")),
-                str(section.get("bwrap_path", "bwrap")),
-                str(section.get("setpriv_path", "setpriv")),
-            )
+            decision = self.spawner_class.isolation_for(self.config)
         except IsolationUnavailable as e:
             self.log.critical("kqi-hub: %s; not starting", e)
             self.exit(1)
-        data_root = Path(os.environ.get("KQI_DATA_ROOT", ".kqi-data"))
-        if os.geteuid() == 0 and data_root.is_dir():
-            os.chmod(data_root, 0o700)
         if decision.isolated:
             self.log.info(
                 "kqi-hub: users are isolated: each runs as a Unix account of their own in a "
@@ -149,6 +141,8 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"kqi-hub: the data root {data_root} must not contain this Python ({sys.prefix})")
     os.environ["KQI_DATA_ROOT"] = str(data_root)
     (data_root / "datasets").mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:  # the platform's alone: users reach their parts only through binds
+        os.chmod(data_root, 0o700)
     if not any(a.startswith(("--help", "--version", "--generate-config")) for a in argv):
         end_leftovers(data_root)
     config = Path(__file__).with_name("embedded_config.py")

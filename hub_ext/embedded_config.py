@@ -117,8 +117,9 @@ def _isolation_setting(_spawner) -> str:
     """The hub's c.KqiLocalSpawner.isolation: the jobs' isolation follows the servers'."""
     from jupyterhub.app import JupyterHub
 
-    section = JupyterHub.instance().config.KqiLocalSpawner
-    return str(section.isolation) if "isolation" in section else "auto"
+    from hub_ext.spawner.local import KqiLocalSpawner
+
+    return KqiLocalSpawner.configured(JupyterHub.instance().config, "isolation")
 
 
 c.JupyterHub.services[0]["environment"]["KQI_ACCOUNTS"] = _accounts_settings

@@ -10,6 +10,7 @@ had stops kqi-hub at start.
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 from collections.abc import Mapping
@@ -81,5 +82,8 @@ def machine(bwrap: str = "bwrap", setpriv: str = "setpriv") -> dict[str, bool]:
     return {tool: shutil.which(path) is not None for tool, path in names.items()}
 
 
+@functools.cache
 def decide_here(configured: str, bwrap: str = "bwrap", setpriv: str = "setpriv") -> Decision:
+    """The decision for this process on this machine, made once per setting (the hub, each
+    spawner and the job runner ask it often; the machine does not change under them)."""
     return decide(configured, os.geteuid(), machine(bwrap, setpriv))

@@ -23,6 +23,7 @@ from jupyterhub.spawner import SimpleLocalProcessSpawner
 from jupyterhub.utils import can_connect, maybe_future
 from tornado import web
 from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default
+from traitlets.config import Config
 
 from culler.app import server_rules_json
 
@@ -109,6 +110,20 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
     @property
     def server_dir(self) -> Path:
         return Path(self.data_root, "run", self.user.name, self.name or "default")
+
+    @classmethod
+    def configured(cls, config: Config, name: str) -> str:
+        """``c.KqiLocalSpawner.<name>`` of a hub's config, or the trait's own default: for the
+        hub and the kqi service, which read the setting without making a spawner."""
+        section = config.KqiLocalSpawner
+        return str(section[name] if name in section else cls.class_traits()[name].default_value)
+
+    @classmethod
+    def isolation_for(cls, config: Config) -> Decision:
+        """The isolation decision a hub with ``config`` makes (IsolationUnavailable if an
+        explicit 'bubblewrap' cannot be had)."""
+        names = ("isolation", "bwrap_path", "setpriv_path")
+        return decide_here(*(cls.configured(config, n) for n in names))
 
     @property
     def isolation_decision(self) -> Decision:
