@@ -25,6 +25,8 @@ from pathlib import Path
 from traitlets import CaselessStrEnum, Integer, Unicode
 from traitlets.config import LoggingConfigurable
 
+from .quota import size_text
+
 #: the controllers limited on v1 (cpuacct and pids only where mounted)
 V1_NEEDED = ("memory", "cpu")
 V1_OPTIONAL = ("cpuacct", "pids")
@@ -157,20 +159,11 @@ def limit_writes(
     return out
 
 
-def format_bytes(n: float) -> str:
-    """1 GiB, 1.5 GiB, 640 MiB: short binary units."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.3g} {unit}" if unit != "B" else f"{n:.0f} B"
-        n /= 1024
-    return f"{n:.3g} TiB"
-
-
 def oom_message(kills: int, limit: int, peak: int | None = None) -> str:
     """What the user reads when the kernel killed for memory."""
     what = "1 process" if kills == 1 else f"{kills} processes"
-    text = f"out of memory: {what} killed at the profile's limit of {format_bytes(limit)}"
-    return text + (f" (peak {format_bytes(peak)})" if peak else "")
+    text = f"out of memory: {what} killed at the profile's limit of {size_text(limit)}"
+    return text + (f" (peak {size_text(peak)})" if peak else "")
 
 
 def _read(path: Path) -> str:

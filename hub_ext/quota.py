@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
+from culler.rules import utc
+
 _UNITS = ("KiB", "MiB", "GiB", "TiB", "PiB")
 
 
@@ -45,14 +47,10 @@ def ago_text(seconds: float) -> str:
     return f"{s // 86400} d"
 
 
-def _utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=timezone.utc) if dt.tzinfo is None else dt
-
-
 def measured_text(measured_at: datetime, now: datetime | None = None) -> str:
     """'measured 3 min ago'."""
     now = now or datetime.now(timezone.utc)
-    return f"measured {ago_text((_utc(now) - _utc(measured_at)).total_seconds())} ago"
+    return f"measured {ago_text((utc(now) - utc(measured_at)).total_seconds())} ago"
 
 
 def usage_line(usage: Usage, quota: int, now: datetime | None = None) -> str:

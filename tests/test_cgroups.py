@@ -4,7 +4,8 @@ write into a new leaf."""
 
 from __future__ import annotations
 
-from hub_ext.cgroups import Layout, detect, format_bytes, limit_writes, oom_message
+from hub_ext.cgroups import Layout, detect, limit_writes, oom_message
+from hub_ext.quota import size_text
 
 #: this CI machine (Debian 12 in a VM, no systemd): v1 hierarchies, v2 mounted but empty
 V1_MOUNTINFO = """\
@@ -117,9 +118,9 @@ def test_v2_writes_and_tiny_cpu() -> None:
 
 
 def test_messages() -> None:
-    assert format_bytes(2 * 2**30) == "2 GiB"
-    assert format_bytes(1.5 * 2**30) == "1.5 GiB"
-    assert format_bytes(100) == "100 B"
+    assert size_text(2 * 2**30) == "2 GiB"
+    assert size_text(1.5 * 2**30) == "1.5 GiB"
+    assert size_text(100) == "100 B"
     assert (
         oom_message(1, 64 * 2**20, 64 * 2**20)
         == "out of memory: 1 process killed at the profile's limit of 64 MiB (peak 64 MiB)"
