@@ -6,6 +6,7 @@ import { Dialog, Notification, showDialog } from '@jupyterlab/apputils';
 import { Widget } from '@lumino/widgets';
 
 import { IActivity, ILayout, humanDuration, kqiGet } from './api';
+import { PollingItem } from './polling';
 
 /** What each cull rule means, for people. */
 export const RULE_REASONS: Record<string, string> = {
@@ -43,7 +44,7 @@ const RULE_SHORT: Record<string, string> = {
   uptime: 'maximum uptime reached'
 };
 
-export class AutoStopItem extends Widget {
+export class AutoStopItem extends PollingItem {
   warnMinutes = 10;
 
   constructor() {
@@ -53,14 +54,7 @@ export class AutoStopItem extends Widget {
     this.node.addEventListener('click', () => void this.details());
   }
 
-  set interval(seconds: number) {
-    window.clearInterval(this.timer);
-    this.timer = window.setInterval(() => void this.refresh(), seconds * 1000);
-    void this.refresh();
-  }
-
   dispose(): void {
-    window.clearInterval(this.timer);
     window.clearInterval(this.tick);
     super.dispose();
   }
@@ -137,7 +131,6 @@ export class AutoStopItem extends Widget {
   private activity: IActivity = {};
   private warned = '';
   private warnId = '';
-  private timer = 0;
   private tick = 0;
 }
 

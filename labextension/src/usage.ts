@@ -2,9 +2,8 @@
  * Status bar: the workspace size the kqi service measured last (api/kqi/usage, against this
  * server's profile), refreshed periodically; marked when it is over the profile's storage.
  */
-import { Widget } from '@lumino/widgets';
-
 import { IUsage, kqiGet } from './api';
+import { PollingItem } from './polling';
 
 /** "workspace: 1.2 GiB of 100 GiB". */
 export function usageText(u: IUsage): string {
@@ -26,21 +25,10 @@ export function sizeText(n: number): string {
   return `${n} PiB`;
 }
 
-export class UsageItem extends Widget {
+export class UsageItem extends PollingItem {
   constructor() {
     super();
     this.addClass('kqi-usage');
-  }
-
-  set interval(seconds: number) {
-    window.clearInterval(this.timer);
-    this.timer = window.setInterval(() => void this.refresh(), seconds * 1000);
-    void this.refresh();
-  }
-
-  dispose(): void {
-    window.clearInterval(this.timer);
-    super.dispose();
   }
 
   async refresh(): Promise<void> {
@@ -60,6 +48,4 @@ export class UsageItem extends Widget {
         ? ' Over the quota: new servers and jobs with this profile are refused.'
         : ' New servers and jobs are refused once it is over the profile\u2019s storage.');
   }
-
-  private timer = 0;
 }
