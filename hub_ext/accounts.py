@@ -171,7 +171,9 @@ class KqiAccounts(Configurable):
                 self._create(name, uid, hub_name)
                 return pwd.getpwnam(name)
             except AccountError:
-                if not (_id_taken(uid) and not _group_named(name, uid)):
+                if _group_named(name, uid):  # our half-made account: nothing stays behind
+                    subprocess.run(["groupdel", name], capture_output=True)
+                if not _id_taken(uid):  # it failed for another reason than a taken uid
                     raise
                 tried.append(uid)
         raise AccountError(f"no free uid for {name} after {tried}")

@@ -155,7 +155,8 @@ def proc_alice_init_environ():
 
 @attack
 def proc_alice_bwrap_environ():
-    """bubblewrap of alice's server: it runs as root on the host with her server's environment."""
+    """bubblewrap of alice's server: root, on the host (with PATH and LANG only: her server's
+    environment reaches the init inside through a memfd)."""
     return try_read(f"/proc/{CFG['alice_bwrap_pid']}/environ")
 
 
@@ -171,7 +172,8 @@ def proc_service_environ():
 
 @attack
 def proc_foreign():
-    """Every pid visible here is this account's; pid 1 may be the sandbox's root-owned init."""
+    """Every pid visible here is this account's (a root-owned pid 1 is reported as such: the
+    test expects none, servers and jobs alike run their init as the user)."""
     others = foreign_pids()
     pid1_root = others == [1] and os.stat("/proc/1").st_uid == 0
     if others and not pid1_root:
