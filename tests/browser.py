@@ -210,11 +210,19 @@ def start_kernel(p: Platform, user: str, server: str = "") -> str:
     return r.json()["id"]
 
 
-def execute(
-    p: Platform, user: str, kernel: str, code: str, wait: bool = True, server: str = ""
+def run_cell(
+    p: Platform,
+    user: str,
+    kernel: str,
+    code: str,
+    until_busy: bool = False,
+    server: str = "",
+    timeout: float = 120,
 ) -> dict[str, Any]:
-    """Run a cell through the kernel's websocket. ``wait``: until its reply (else return as
-    soon as the kernel said it is busy)."""
+    """Run a cell through the kernel's websocket as JupyterLab does: ``{"reply"`` (the
+    execute_reply's content; ``{"status": "busy"}`` when ``until_busy`` and the kernel said it
+    is busy), ``"stdout"`` (what it printed), ``"died"}`` ("restarting" / "dead" / "closed"
+    when the kernel died instead of replying, else "")."""
     ws = f"ws://127.0.0.1:{p.port}{server_prefix(user, server)}api/kernels/{kernel}/channels"
     msg_id = uuid.uuid4().hex
     request = {
@@ -234,22 +242,37 @@ def execute(
     async def go() -> dict[str, Any]:
         conn = await websocket_connect(HTTPRequest(ws, headers=_auth(p, user)))
         await conn.write_message(json.dumps(request))
-        deadline = time.monotonic() + 60
+        out, deadline = "", time.monotonic() + timeout
         try:
             while time.monotonic() < deadline:
                 raw = await asyncio.wait_for(conn.read_message(), deadline - time.monotonic())
                 if raw is None:
-                    break
+                    return {"reply": None, "stdout": out, "died": "closed"}
                 msg = json.loads(raw)
+                kind, content = msg["header"]["msg_type"], msg["content"]
+                if kind == "status" and content["execution_state"] in ("restarting", "dead"):
+                    return {"reply": None, "stdout": out, "died": content["execution_state"]}
                 if msg.get("parent_header", {}).get("msg_id") != msg_id:
                     continue
-                kind = msg["header"]["msg_type"]
-                if kind == "execute_reply":
-                    return msg["content"]
-                if not wait and kind == "status" and msg["content"]["execution_state"] == "busy":
-                    return {"status": "busy"}
+                if kind == "stream":
+                    out += content["text"]
+                elif kind == "execute_reply":
+                    return {"reply": content, "stdout": out, "died": ""}
+                elif until_busy and kind == "status" and content["execution_state"] == "busy":
+                    return {"reply": {"status": "busy"}, "stdout": out, "died": ""}
         finally:
             conn.close()
-        raise TimeoutError(f"no reply to {code!r}")
+        raise TimeoutError(f"no reply to {code[:80]!r}; printed {out[-500:]!r}")
 
     return asyncio.run(go())
+
+
+def execute(
+    p: Platform, user: str, kernel: str, code: str, wait: bool = True, server: str = ""
+) -> dict[str, Any]:
+    """Run a cell; its execute_reply's content. ``wait``: until its reply (else return as
+    soon as the kernel said it is busy)."""
+    res = run_cell(p, user, kernel, code, until_busy=not wait, server=server, timeout=60)
+    if res["reply"] is None:
+        raise RuntimeError(f"the kernel died ({res['died']}) running {code[:80]!r}")
+    return res["reply"]

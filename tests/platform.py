@@ -4,8 +4,10 @@ service) on free ports with a temporary data root, and talk to it like a user wo
 from __future__ import annotations
 
 import asyncio
+import grp
 import json
 import os
+import pwd
 import re
 import secrets
 import shutil
@@ -25,6 +27,8 @@ import psutil
 import requests
 from tornado.httpclient import HTTPRequest
 from tornado.websocket import websocket_connect
+
+from hub_ext.accounts import COMMENT, unix_name
 
 BIN = Path(sys.executable).parent
 
@@ -74,11 +78,6 @@ def private_platform(
 def remove_accounts(prefix: str) -> None:
     """Remove the Unix accounts (and their groups) a test platform made: ``prefix`` is its own.
     The platform itself never removes an account (a uid is never reused)."""
-    import grp
-    import pwd
-
-    from hub_ext.accounts import COMMENT
-
     for pw in pwd.getpwall():
         if pw.pw_name.startswith(prefix) and pw.pw_gecos.startswith(COMMENT):
             subprocess.run(["userdel", pw.pw_name], capture_output=True)
@@ -195,10 +194,6 @@ class Platform:
 
     def account(self, user: str):
         """The Unix account ``user``'s servers and jobs run as (pwd entry), or None."""
-        import pwd
-
-        from hub_ext.accounts import unix_name
-
         try:
             return pwd.getpwnam(unix_name(user, self.account_prefix))
         except KeyError:

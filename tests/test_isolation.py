@@ -31,26 +31,22 @@ Without a vehicle: a spawn ``env`` with ``LD_PRELOAD`` or ``GCONV_PATH`` is a 40
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import shutil
 import subprocess
 import sysconfig
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
-from tornado.httpclient import HTTPRequest
-from tornado.websocket import websocket_connect
 
 import hub_ext
 
-from .browser import server_prefix, start_kernel
+from .browser import run_cell, start_kernel
 from .jobs import submit, wait_job
 from .platform import Platform, private_platform
 from .test_limits import BURN
@@ -225,47 +221,6 @@ def s() -> Iterator[Setup]:
         st.kernel = start_kernel(p, "bob")
         yield st
     PWNED.unlink(missing_ok=True)
-
-
-def run_cell(p: Platform, user: str, kernel: str, code: str, timeout: float = 120) -> dict:
-    """Run a cell through the kernel's websocket as JupyterLab does: its reply, what it
-    printed, and whether the server said the kernel died ("restarting" / "dead") instead."""
-    ws = f"ws://127.0.0.1:{p.port}{server_prefix(user)}api/kernels/{kernel}/channels"
-    msg_id = uuid.uuid4().hex
-    header = {"msg_id": msg_id, "username": user, "session": uuid.uuid4().hex}
-    request = {
-        "header": {**header, "msg_type": "execute_request", "version": "5.3"},
-        "parent_header": {},
-        "metadata": {},
-        "content": {"code": code, "silent": False, "store_history": False, "allow_stdin": False},
-        "channel": "shell",
-    }
-
-    async def go() -> dict:
-        auth = {"Authorization": f"token {p.token(user)}"}
-        conn = await websocket_connect(HTTPRequest(ws, headers=auth))
-        await conn.write_message(json.dumps(request))
-        out, deadline = "", time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                raw = await asyncio.wait_for(conn.read_message(), deadline - time.monotonic())
-                if raw is None:
-                    return {"reply": None, "stdout": out, "died": "closed"}
-                msg = json.loads(raw)
-                kind, content = msg["header"]["msg_type"], msg["content"]
-                if kind == "status" and content["execution_state"] in ("restarting", "dead"):
-                    return {"reply": None, "stdout": out, "died": content["execution_state"]}
-                if msg.get("parent_header", {}).get("msg_id") != msg_id:
-                    continue
-                if kind == "stream":
-                    out += content["text"]
-                elif kind == "execute_reply":
-                    return {"reply": content, "stdout": out, "died": ""}
-        finally:
-            conn.close()
-        raise TimeoutError(f"no reply to {code[:80]!r}; printed {out[-500:]!r}")
-
-    return asyncio.run(go())
 
 
 def parse(out: str) -> dict[str, dict]:
