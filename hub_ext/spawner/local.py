@@ -1,8 +1,9 @@
 """KqiLocalSpawner: user servers as local processes, with the /kqi layout.
 
-With bubblewrap the plan is mounted at /kqi itself (read-only binds, the rest of the data root
-hidden, capabilities dropped); without it, a per-server folder of links stands in and KQI_ROOT
-names it. Servers run as the account that runs the hub.
+With bubblewrap the plan is mounted at /kqi itself (read-only binds, the machine read-only, the
+rest of the data root hidden) and the server runs as the user's own Unix account (runas.py);
+without it, a per-server folder of links stands in, KQI_ROOT names it, and the server runs as
+the account that runs the hub.
 """
 
 from __future__ import annotations
@@ -20,21 +21,20 @@ from pathlib import Path
 
 import psutil
 from jupyterhub.spawner import SimpleLocalProcessSpawner
-from jupyterhub.utils import can_connect, maybe_future
+from jupyterhub.utils import can_connect
 from tornado import web
-from traitlets import CaselessStrEnum, Float, Integer, List, Unicode, default
-from traitlets.config import Config
+from traitlets import Float, Integer, List, Unicode, default
 
 from culler.app import server_rules_json
 
-from ..accounts import Account, AccountError, KqiAccounts, prepare_tree, setpriv_argv
-from ..isolation import Decision, IsolationUnavailable, decide_here
+from ..accounts import prepare_tree, setpriv_argv
 from ..layout import user_dir
 from ..materialize import build_link_tree, bwrap_args, missing_sources
 from ..sandbox import DEFAULT_HIDDEN, HOST_ENV, INIT, host_view, read_init_pid
 from .common import KqiSpawnerMixin
 from .gitclone import clone_repository
 from .limits import CgroupLimitsMixin
+from .runas import RunAsMixin
 
 #: the server's init process, run by path with ``python -I`` (see serverinit.py)
 SERVER_INIT = INIT
@@ -44,7 +44,7 @@ STARTUP_SCRIPT = (
 )
 
 
-class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpawner):
+class KqiLocalSpawner(RunAsMixin, CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpawner):
     data_root = Unicode(
         help="Data root (datasets/, users/); default env KQI_DATA_ROOT or ./.kqi-data."
     ).tag(config=True)
@@ -53,22 +53,6 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
     def _data_root(self) -> str:
         return os.path.abspath(os.environ.get("KQI_DATA_ROOT", ".kqi-data"))
 
-    isolation = CaselessStrEnum(
-        ["auto", "bubblewrap", "none"],
-        "auto",
-        help="""How users are kept apart. 'bubblewrap': each user's servers and jobs run as a
-        Unix account of their own (made on first use, see KqiAccounts) in a bubblewrap sandbox
-        with /kqi mounted read-only where it should be; needs root, bwrap, setpriv and useradd,
-        and kqi-hub refuses to start without them. 'none': every server runs as the hub's
-        account with a per-server folder of links as KQI_ROOT (nothing isolated, read-only
-        inputs not enforced; the log and every spawn page say so). 'auto': 'bubblewrap' where
-        it can be had; elsewhere only admins may start servers and jobs until 'none' is set.""",
-    ).tag(config=True)
-    bwrap_path = Unicode("bwrap", help="The bubblewrap executable.").tag(config=True)
-    setpriv_path = Unicode(
-        "setpriv",
-        help="util-linux setpriv: inside the sandbox it becomes the user's account for good.",
-    ).tag(config=True)
     hidden_paths = List(
         Unicode(),
         DEFAULT_HIDDEN,
@@ -110,41 +94,6 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
     @property
     def server_dir(self) -> Path:
         return Path(self.data_root, "run", self.user.name, self.name or "default")
-
-    @classmethod
-    def configured(cls, config: Config, name: str) -> str:
-        """``c.KqiLocalSpawner.<name>`` of a hub's config, or the trait's own default: for the
-        hub and the kqi service, which read the setting without making a spawner."""
-        section = config.KqiLocalSpawner
-        return str(section[name] if name in section else cls.class_traits()[name].default_value)
-
-    @classmethod
-    def isolation_for(cls, config: Config) -> Decision:
-        """The isolation decision a hub with ``config`` makes (IsolationUnavailable if an
-        explicit 'bubblewrap' cannot be had)."""
-        names = ("isolation", "bwrap_path", "setpriv_path")
-        return decide_here(*(cls.configured(config, n) for n in names))
-
-    @property
-    def isolation_decision(self) -> Decision:
-        """Whether users are kept apart here (an account each, in a sandbox); see isolation.py."""
-        try:
-            return decide_here(self.isolation, self.bwrap_path, self.setpriv_path)
-        except IsolationUnavailable as e:  # kqi-hub refuses to start in this case
-            raise web.HTTPError(500, str(e)) from e
-
-    def use_bubblewrap(self) -> bool:
-        return self.isolation_decision.mode == "bubblewrap"
-
-    @property
-    def limits_note(self) -> str:  # the spawn page and the log at each start
-        return f"{self.isolation_decision.note()} {super().limits_note}".strip()
-
-    def refuse_unisolated(self) -> None:
-        """Where users cannot be kept apart, only admins start servers (403 for the others)."""
-        decision = self.isolation_decision
-        if decision.admins_only and not self.user.admin:
-            raise web.HTTPError(403, decision.refusal(self.user.name))
 
     async def start(self):
         began = time.monotonic()
@@ -325,15 +274,6 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
         # the git clone and other fresh folders are rebuilt at each start: free the disk now
         shutil.rmtree(self.server_dir / "scratch", ignore_errors=True)
 
-    async def delete_forever(self) -> None:
-        """The hub user is deleted (JupyterHub removes the default server only then): their
-        account is locked, never removed, so its uid stays taken and their files owned."""
-        await maybe_future(super().delete_forever())
-        if self.name or not self.isolation_decision.isolated:
-            return
-        if await asyncio.to_thread(self.accounts.lock, self.user.name):
-            self.log.info("%s: Unix account locked (hub user deleted)", self._log_name)
-
     def get_args(self) -> list[str]:
         args = super().get_args()
         # terminals: an interactive (not login) shell, so /etc/profile does not reset the PATH
@@ -358,35 +298,6 @@ class KqiLocalSpawner(CgroupLimitsMixin, KqiSpawnerMixin, SimpleLocalProcessSpaw
             os.pwrite(self._kqi_env_fd, data, 0)
             return dict(HOST_ENV)
         return env
-
-    async def _account(self) -> Account:
-        """The user's Unix account, made on their first start."""
-        try:
-            return await asyncio.to_thread(self.accounts.ensure, self.user.name)
-        except (AccountError, ValueError) as e:
-            why = f"cannot set up the Unix account of {self.user.name}: {e}"
-            raise web.HTTPError(500, why) from e
-
-    @property
-    def accounts(self) -> KqiAccounts:
-        if self._kqi_accounts is None:
-            self._kqi_accounts = KqiAccounts(parent=self, data_root=self.data_root)
-        return self._kqi_accounts
-
-    _kqi_accounts: KqiAccounts | None = None
-
-    def _prepare_folders(self, account: Account | None) -> None:
-        """The user's folder is the platform's (root, 0700: jobs' logs are written there);
-        the home is the account's, 0700 (an older home made as root is handed over)."""
-        user = Path(self.data_root, user_dir(self.user.name))
-        user.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (user / "jobs").mkdir(exist_ok=True, mode=0o755)
-        self.server_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        if account is None:
-            Path(self.home_dir).mkdir(parents=True, exist_ok=True)
-        else:
-            os.chmod(user, 0o700)
-            prepare_tree(Path(self.home_dir), account)
 
     async def _signal(self, sig: int) -> bool:
         """Signal the server: in a sandbox its init (pid 1 there: passes SIGINT and SIGTERM on
